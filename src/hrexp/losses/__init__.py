@@ -1,0 +1,5 @@
+"""Loss modules."""
+
+from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
+
+__all__ = ["WeightedHeatmapMSE"]

@@ -1,0 +1,101 @@
+"""The one LightningModule: backbone + task, optimizer and schedule. It knows no particular task."""
+
+from __future__ import annotations
+
+from typing import Any, Callable, Mapping
+
+import lightning.pytorch as pl
+import torch
+from torch import nn
+from torchmetrics import MeanMetric
+
+
+class HRExpModule(pl.LightningModule):
+    """Compose a backbone and a task into one trainable model.
+
+    The task supplies the head, the loss, the decoding to original-image predictions and the
+    metrics; this class only runs the loops, logs ``train/loss``, ``val/loss``, ``test/loss`` and the
+    task's metrics, and builds the optimizer and a per-step schedule.
+
+    Args:
+        backbone: returns a list of feature maps (highest resolution first).
+        task: e.g. :class:`hrexp.tasks.landmarks.LandmarkTask`.
+        optimizer: partial optimizer constructor, called with the parameters.
+        scheduler: partial schedule factory, called as
+            ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``; ``None`` for none.
+        run_config: the resolved run config (plain dict), stored in every checkpoint so a checkpoint
+            alone rebuilds its model (``eval.py``).
+    """
+
+    def __init__(
+        self,
+        backbone: nn.Module,
+        task: nn.Module,
+        optimizer: Callable[..., torch.optim.Optimizer],
+        scheduler: Callable[..., Any] | None = None,
+        run_config: Mapping[str, Any] | None = None,
+    ):
+        super().__init__()
+        self.backbone = backbone
+        self.task = task
+        self.optimizer_factory = optimizer
+        self.scheduler_factory = scheduler
+        self.run_config = dict(run_config or {})
+        self.losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+
+    def forward(self, images: torch.Tensor) -> torch.Tensor:
+        return self.task(self.backbone(images))
+
+    # --- loops -------------------------------------------------------------------------------
+    def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        outputs = self(batch["image"])
+        loss = self.task.loss(outputs, batch)
+        self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
+        return loss
+
+    def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
+        outputs = self(batch["image"])
+        self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
+        self.task.update_metrics(stage, self.task.predict(outputs, batch), batch)
+
+    def _eval_epoch_end(self, stage: str) -> None:
+        values = {f"{stage}/loss": self.losses[stage].compute()}
+        self.losses[stage].reset()
+        values.update(self.task.compute_metrics(stage))
+        # The loss and the task's headline metric go to the progress bar; everything to the loggers.
+        monitor = str(getattr(self.task, "monitor", {}).get("metric", ""))
+        shown = {f"{stage}/loss", monitor.replace("val/", f"{stage}/", 1)}
+        for key, value in values.items():
+            # torchmetrics already reduced the states across ranks: no second sync here.
+            self.log(key, value, prog_bar=key in shown, sync_dist=False)
+
+    def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("val", batch)
+
+    def on_validation_epoch_end(self) -> None:
+        self._eval_epoch_end("val")
+
+    def test_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        self._eval_step("test", batch)
+
+    def on_test_epoch_end(self) -> None:
+        # Per-landmark errors are read (by eval.py) before the metrics reset.
+        self.test_per_landmark = {k: v.detach().cpu() for k, v in self.task.per_landmark_errors("test").items()} \
+            if hasattr(self.task, "per_landmark_errors") else {}
+        self._eval_epoch_end("test")
+
+    # --- optimisation ------------------------------------------------------------------------
+    def configure_optimizers(self) -> Any:
+        params = [p for p in self.parameters() if p.requires_grad]
+        optimizer = self.optimizer_factory(params)
+        if self.scheduler_factory is None:
+            return optimizer
+        total = int(self.trainer.estimated_stepping_batches)
+        epochs = max(1, int(self.trainer.max_epochs or 1))
+        per_epoch = max(1, total // epochs)
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
+
+    # --- checkpoints -------------------------------------------------------------------------
+    def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        checkpoint["hrexp"] = {"config": self.run_config, "format": 1}

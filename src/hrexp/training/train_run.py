@@ -1,0 +1,134 @@
+"""``train(cfg)``: the body of ``train.py``, importable so tests and sweeps call the same code."""
+
+from __future__ import annotations
+
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import lightning.pytorch as pl
+import rich
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from hrexp.metrics.mean_shape import mean_shape_baseline
+from hrexp.training.best_metrics import BestMetrics
+from hrexp.training.build import (
+    ConfigError,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    choices,
+)
+from hrexp.training.run_record import count_parameters, write_json
+from hrexp.utils.config_tree import print_and_save_config
+
+log = logging.getLogger(__name__)
+
+
+def seed_run(seed: Any) -> None:
+    """Seed everything when ``seed`` is any integer, 0 included (``if seed:`` would skip 0)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected an integer or null")
+    pl.seed_everything(seed, workers=True)
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, build, train, test and record one run. Returns the run record."""
+    out_dir = _output_dir(cfg)
+    if rank_zero_only.rank == 0:
+        print_and_save_config(cfg, out_dir)
+    seed_run(cfg.get("seed"))
+
+    # Everything that can fail on config or data fails here, before the first step.
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, datamodule)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    if cfg.get("test") and cfg.get("train"):
+        callbacks.checkpoint(cfg.test_ckpt)
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.by_name.values()), logger=loggers or False)
+
+    params = count_parameters(module)
+    record: dict[str, Any] = {
+        "status": "running",
+        "choices": choices(cfg),
+        "seed": cfg.get("seed"),
+        "tags": list(cfg.get("tags") or []),
+        "output_dir": str(out_dir),
+        "params": params,
+        "params_backbone": count_parameters(module.backbone)["total"],
+    }
+    for lg in loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
+
+    t0 = time.time()
+    if cfg.get("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    record["train_time_s"] = time.time() - t0
+
+    best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)
+    record["best"] = best.best if best else {}
+    record["checkpoints"] = {
+        name: {"path": cb.best_model_path or None, "monitor": cb.monitor, "score": cb.best_model_score}
+        for name, cb in callbacks.checkpoints().items()
+    }
+
+    if hasattr(datamodule, "val_set") and datamodule.val_set is not None:
+        record["baseline_mean_shape_val"] = mean_shape_baseline(
+            datamodule.train_set, datamodule.val_set, radii=list(module.task.sdr_radii)
+        )
+
+    if cfg.get("test"):
+        ckpt = None
+        if cfg.get("train"):
+            cb = callbacks.checkpoint(cfg.test_ckpt)
+            ckpt = cb.best_model_path or None
+        if ckpt:
+            log.info("Testing checkpoint %s (test_ckpt=%s)", ckpt, cfg.test_ckpt)
+            rich.print(f"[bold]Testing checkpoint[/bold] {ckpt} (test_ckpt={cfg.test_ckpt})")
+        else:
+            log.warning("No checkpoint to test (test_ckpt=%s); testing the current weights", cfg.get("test_ckpt"))
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        record["test"] = {"checkpoint": ckpt, "split": getattr(datamodule, "test_split_name", "test"),
+                          "metrics": results[0] if results else {}}
+
+    record["status"] = "finished"
+    if trainer.is_global_zero:
+        write_json(out_dir / "results.json", record)
+        _print_summary(record, cfg)
+    return record
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_summary(record: dict[str, Any], cfg: DictConfig) -> None:
+    metric = cfg.task.monitor.metric
+    table = Table(title=f"Run summary: {record['choices'].get('model')} / {record['choices'].get('task')}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    best = record.get("best", {})
+    for name, rec in best.items():
+        table.add_row(f"best {name} (epoch {rec['epoch']})", _fmt(rec["value"]))
+    baseline = record.get("baseline_mean_shape_val")
+    if baseline is not None and "mre" in baseline:
+        table.add_row("mean-shape baseline val/mre", _fmt(baseline["mre"]))
+        if metric in best:
+            table.add_row("best val/mre / baseline", _fmt(best[metric]["value"] / baseline["mre"]))
+    for key, value in (record.get("test", {}).get("metrics") or {}).items():
+        table.add_row(key, _fmt(float(value)))
+    table.add_row("train time [s]", _fmt(record.get("train_time_s")))
+    table.add_row("parameters", f"{record['params']['total']:,}")
+    rich.print(table)

@@ -1,0 +1,59 @@
+"""Shared test set-up: offline timm, project paths, the real-data location, and config composition."""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before anything imports timm: no hub access here, and timm would retry for ~50 s.
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("WANDB_MODE", "offline")
+ROOT = Path(__file__).resolve().parents[1]
+os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+
+import pytest  # noqa: E402
+from hydra import compose, initialize_config_dir  # noqa: E402
+from hydra.core.global_hydra import GlobalHydra  # noqa: E402
+from hydra.core.hydra_config import HydraConfig  # noqa: E402
+from omegaconf import open_dict  # noqa: E402
+
+from hrexp.utils.resolvers import register_resolvers  # noqa: E402
+
+register_resolvers()
+
+SHARED_DATA = Path(os.environ.get("HREXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+
+
+def shared_path(*parts: str) -> Path:
+    """A path inside ../shared/data; skips the calling test with a clear reason when it is absent."""
+    path = SHARED_DATA.joinpath(*parts)
+    if not path.exists():
+        pytest.skip(f"real data not found at {path} (set HREXP_SHARED_DATA to the shared/data folder)")
+    return path
+
+
+@pytest.fixture(scope="session")
+def cache_dir(tmp_path_factory) -> Path:
+    """One cache folder for generated data across the session (the synthetic set is built once)."""
+    path = tmp_path_factory.mktemp("hrexp_cache")
+    os.environ["HREXP_CACHE_DIR"] = str(path)
+    return path
+
+
+@pytest.fixture
+def compose_cfg(tmp_path, cache_dir):
+    """Compose ``conf/<name>.yaml`` with overrides, as ``train.py`` would, with outputs in tmp_path."""
+
+    def _compose(overrides: list[str] = (), name: str = "train"):
+        GlobalHydra.instance().clear()
+        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+            cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+        with open_dict(cfg):
+            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
+        HydraConfig.instance().set_config(cfg)
+        with open_dict(cfg):
+            del cfg["hydra"]
+        return cfg
+
+    yield _compose
+    GlobalHydra.instance().clear()

@@ -1,0 +1,92 @@
+"""Config composition: the groups exist, user overrides land, seed=0 seeds."""
+
+from pathlib import Path
+
+import pytest
+import torch
+from hydra.utils import instantiate
+
+from hrexp.training.build import ConfigError, check_input_size
+from hrexp.training.train_run import seed_run
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def test_train_config_composes_every_group(compose_cfg):
+    cfg = compose_cfg([])
+    for group in ("model", "task", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths"):
+        assert group in cfg, group
+    assert cfg.model._target_ == "hrexp.models.hrnet.HighResolutionNet"
+    assert cfg.model.width == 32
+    assert cfg.optimizer._target_ == "torch.optim.AdamW" and cfg.optimizer.lr == pytest.approx(1e-4)
+    assert cfg.optimizer.weight_decay == pytest.approx(0.01)
+    assert cfg.scheduler.warmup_epochs == 5 and cfg.scheduler.min_lr == pytest.approx(1e-6)
+    assert cfg.task.sdr_radii == [4, 8, 12, 16, 20, 24]
+    # every output of the run lives under the run dir
+    out = cfg.paths.output_dir
+    for name in ("checkpoint_best_loss", "checkpoint_best_metric", "checkpoint_last"):
+        assert cfg.callbacks[name].dirpath.startswith(out)
+    assert cfg.logger.csv.save_dir == out
+
+
+def test_user_overrides_land(compose_cfg):
+    cfg = compose_cfg(
+        ["trainer.max_epochs=3", "trainer.limit_train_batches=2", "data.batch_size=4", "data.image_size=[256,256]", "seed=0"]
+    )
+    assert cfg.trainer.max_epochs == 3
+    assert cfg.trainer.limit_train_batches == 2
+    assert cfg.data.batch_size == 4
+    assert list(cfg.data.image_size) == [256, 256]
+    assert cfg.seed == 0
+
+
+def test_best_metric_checkpoint_follows_task_monitor(compose_cfg):
+    cfg = compose_cfg([])
+    cb = instantiate(cfg.callbacks.checkpoint_best_metric)
+    assert cb.monitor == "val/mre" and cb.mode == "min"
+    assert cfg.callbacks.checkpoint_best_metric.filename.startswith("best-val_mre-")
+    loss_cb = instantiate(cfg.callbacks.checkpoint_best_loss)
+    assert loss_cb.monitor == "val/loss"
+
+
+@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_")))
+def test_every_model_option_composes(compose_cfg, model):
+    cfg = compose_cfg([f"model={model}"])
+    assert "_target_" in cfg.model
+
+
+@pytest.mark.parametrize("logger", ["csv", "tensorboard", "wandb", "many"])
+def test_every_logger_option_composes(compose_cfg, logger):
+    cfg = compose_cfg([f"logger={logger}"])
+    assert all("_target_" in lg for lg in cfg.logger.values())
+
+
+@pytest.mark.parametrize("debug", ["fast_dev_run", "overfit"])
+def test_debug_configs_compose(compose_cfg, debug):
+    cfg = compose_cfg([f"debug={debug}"])
+    assert cfg.task_name == "debug"
+
+
+def test_seed_zero_seeds():
+    seed_run(0)
+    a = torch.rand(3)
+    torch.manual_seed(0)
+    b = torch.rand(3)
+    assert torch.equal(a, b)
+    seed_run(0)
+    assert torch.equal(torch.rand(3), b)
+
+
+def test_seed_rejects_non_integers():
+    with pytest.raises(ConfigError, match="seed="):
+        seed_run("abc")
+
+
+class _FakeBackbone:
+    feature_info = [{"num_chs": 32, "reduction": 4}, {"num_chs": 256, "reduction": 32}]
+
+
+def test_input_size_must_fit_backbone_stride():
+    check_input_size([256, 128], _FakeBackbone(), "hrnet_w32")
+    with pytest.raises(ConfigError, match=r"data.image_size=\[250, 128\].*multiple of 32.*model=hrnet_w32"):
+        check_input_size([250, 128], _FakeBackbone(), "hrnet_w32")

@@ -1,0 +1,50 @@
+"""Warmup + cosine schedule: lr per step against hand-computed values."""
+
+import math
+
+import pytest
+import torch
+
+from hrexp.training.schedules import constant, warmup_cosine
+
+
+def _optimizer(lrs=(1e-3, 1e-4)):
+    groups = [{"params": [torch.nn.Parameter(torch.zeros(1))], "lr": lr} for lr in lrs]
+    return torch.optim.SGD(groups, lr=lrs[0])
+
+
+def _lrs(opt, sched, steps):
+    out = []
+    for _ in range(steps):
+        out.append([g["lr"] for g in opt.param_groups])
+        opt.step()
+        sched.step()
+    return out
+
+
+def test_warmup_then_cosine_matches_hand_values():
+    opt = _optimizer()
+    sched = warmup_cosine(opt, total_steps=10, steps_per_epoch=2, warmup_epochs=1, min_lr=1e-6)
+    lrs = _lrs(opt, sched, 10)
+    # warmup of 2 steps: lr = base * (s + 1) / 2
+    assert lrs[0][0] == pytest.approx(1e-3 * 0.5)
+    assert lrs[1][0] == pytest.approx(1e-3)
+    # cosine over the remaining 8 steps, from base at s=2 towards min_lr
+    for s in range(2, 10):
+        for base, got in zip((1e-3, 1e-4), lrs[s]):
+            expected = 1e-6 + (base - 1e-6) * 0.5 * (1 + math.cos(math.pi * (s - 2) / 8))
+            assert got == pytest.approx(expected, rel=1e-9)
+
+
+def test_warmup_steps_override_epochs_and_end_at_min_lr():
+    opt = _optimizer((2e-3,))
+    sched = warmup_cosine(opt, total_steps=5, steps_per_epoch=100, warmup_epochs=5, warmup_steps=1, min_lr=1e-5)
+    lrs = [lr[0] for lr in _lrs(opt, sched, 6)]
+    assert lrs[0] == pytest.approx(2e-3)  # one warmup step reaches the peak
+    assert lrs[5] == pytest.approx(1e-5)  # past the end the lr stays at min_lr
+
+
+def test_constant_keeps_lr():
+    opt = _optimizer((3e-4,))
+    sched = constant(opt, total_steps=4, steps_per_epoch=2)
+    assert [lr[0] for lr in _lrs(opt, sched, 4)] == [pytest.approx(3e-4)] * 4

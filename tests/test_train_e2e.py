@@ -1,0 +1,124 @@
+"""End to end: the README's training command with small overrides, then eval from its checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import json
+import math
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+
+# Small but real: the scratch HRNet-W32, the synthetic spine data built by the datamodule, 2 epochs.
+TINY = [
+    "trainer.max_epochs=2",
+    "trainer.limit_train_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "data.num_train=20",
+    "data.num_test=4",
+    "data.original_size=[128,64]",
+    "data.image_size=[64,32]",
+    "data.batch_size=4",
+    "seed=0",
+]
+
+
+def run_script(script: str, args: list[str], cache_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+    env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
+    proc = subprocess.run(
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+    )
+    if check and proc.returncode != 0:
+        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
+    return proc
+
+
+def read_val_rows(run_dir: Path) -> list[dict[str, str]]:
+    with open(run_dir / "csv" / "metrics.csv") as fh:
+        return [r for r in csv.DictReader(fh) if r.get("val/mre")]
+
+
+@pytest.fixture(scope="module")
+def trained_run(tmp_path_factory, cache_dir):
+    run_dir = tmp_path_factory.mktemp("train") / "run"
+    proc = run_script("train.py", ["model=hrnet_w32", "task=landmarks", *TINY, f"hydra.run.dir={run_dir}"], cache_dir)
+    return run_dir, proc
+
+
+def test_training_writes_both_best_checkpoints_and_last(trained_run):
+    run_dir, _ = trained_run
+    ckpts = sorted(p.name for p in (run_dir / "checkpoints").glob("*.ckpt"))
+    loss_ckpts = [n for n in ckpts if n.startswith("best-val_loss-")]
+    mre_ckpts = [n for n in ckpts if n.startswith("best-val_mre-")]
+    assert len(loss_ckpts) == 1 and len(mre_ckpts) == 1 and "last.ckpt" in ckpts, ckpts
+
+    # The file names must agree with the validation log: the epoch and value at the minimum.
+    rows = read_val_rows(run_dir)
+    assert [int(r["epoch"]) for r in rows] == [0, 1]
+    for name, key in ((mre_ckpts[0], "val/mre"), (loss_ckpts[0], "val/loss")):
+        best = min(rows, key=lambda r: float(r[key]))
+        m = re.match(r"best-(val_\w+)-epoch(\d+)-val_\w+?(\d+\.\d+)\.ckpt", name)
+        assert m, name
+        assert int(m.group(2)) == int(best["epoch"])
+        assert float(m.group(3)) == pytest.approx(float(best[key]), abs=10 ** -len(m.group(3).split(".")[1]))
+
+    # Checkpoints load without unpickling arbitrary objects, and carry the run config.
+    ckpt = torch.load(run_dir / "checkpoints" / mre_ckpts[0], map_location="cpu", weights_only=True)
+    assert ckpt["hrexp"]["config"]["choices"]["model"] == "hrnet_w32"
+
+
+def test_run_record_and_config_are_saved(trained_run):
+    run_dir, proc = trained_run
+    assert (run_dir / "config.yaml").is_file() and (run_dir / "config_tree.log").is_file()
+    assert (run_dir / ".hydra" / "overrides.yaml").is_file()
+    record = json.loads((run_dir / "results.json").read_text())
+    rows = read_val_rows(run_dir)
+    assert record["status"] == "finished"
+    assert record["best"]["val/mre"]["value"] == pytest.approx(min(float(r["val/mre"]) for r in rows), rel=1e-6)
+    # The final test names the checkpoint it used: the best-MRE one.
+    tested = record["test"]["checkpoint"]
+    assert Path(tested).name.startswith("best-val_mre-")
+    assert f"Testing checkpoint" in proc.stdout and Path(tested).name in proc.stdout.replace("\n", "")
+    assert record["baseline_mean_shape_val"]["mre"] > 0
+    assert record["params"]["total"] == pytest.approx(29.3e6, rel=0.02)
+
+
+def test_eval_reproduces_the_final_test(trained_run, tmp_path, cache_dir):
+    run_dir, _ = trained_run
+    record = json.loads((run_dir / "results.json").read_text())
+    out = tmp_path / "eval"
+    run_script("eval.py", [f"ckpt_path={record['test']['checkpoint']}", f"hydra.run.dir={out}"], cache_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["split"] == "test"
+    assert summary["metrics"]["test/mre"] == pytest.approx(record["test"]["metrics"]["test/mre"], rel=1e-5)
+    with open(out / "per_landmark.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert len(rows) == 40 and rows[0]["landmark"] == "V01_tl"
+    # Every synthetic landmark is visible, so the overall MRE is the mean of the per-landmark ones.
+    mean = sum(float(r["mre"]) for r in rows) / len(rows)
+    assert mean == pytest.approx(summary["metrics"]["test/mre"], rel=1e-4)
+    assert float(rows[0]["mre_mm"]) == pytest.approx(float(rows[0]["mre"]) * 0.5, rel=1e-4)
+
+
+def test_resume_continues_from_last_checkpoint(trained_run, tmp_path, cache_dir):
+    run_dir, _ = trained_run
+    out = tmp_path / "resumed"
+    args = [*TINY, "trainer.max_epochs=3", f"ckpt_path={run_dir / 'checkpoints' / 'last.ckpt'}", f"hydra.run.dir={out}"]
+    run_script("train.py", [a for a in args if a != "trainer.max_epochs=2"], cache_dir)
+    epochs = [int(r["epoch"]) for r in read_val_rows(out)]
+    assert epochs == [2], epochs  # epochs 0-1 came from the checkpoint, only epoch 2 ran
+
+
+def test_bad_input_size_fails_before_training(tmp_path, cache_dir):
+    out = tmp_path / "bad"
+    proc = run_script("train.py", [*TINY, "data.image_size=[100,64]", f"hydra.run.dir={out}"], cache_dir, check=False)
+    assert proc.returncode != 0
+    assert "data.image_size=[100, 64]" in proc.stderr + proc.stdout and "multiple of 32" in proc.stderr + proc.stdout
+    assert not (out / "checkpoints").exists()
