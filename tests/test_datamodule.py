@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 import torch
+from torch.utils.data import RandomSampler, SequentialSampler
 
 from hrexp.data.datamodule import (
     AasceDataModule,
@@ -60,7 +61,11 @@ def test_batch_contract(synthetic_dm):
     assert dm.num_keypoints == 40 and dm.keypoint_names[0] == "V01_tl" and dm.flip_pairs == []
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (17, 3, 4)
     assert dm.test_split_name == "test"
-    batch = next(iter(dm.train_dataloader()))
+    loader = dm.train_dataloader()
+    assert isinstance(loader.sampler, RandomSampler) and loader.drop_last is False
+    assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
+    assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
+    batch = next(iter(loader))
     expected = {
         "image": ((8, 3, 256, 128), torch.float32),
         "keypoints": ((8, 40, 2), torch.float32),
@@ -288,3 +293,14 @@ def test_synthetic_config_instantiates(tmp_path):
     dm.setup()
     assert dm.num_keypoints == 40 and len(dm.test_set) == 2 and len(dm.val_set) == 1
     assert next(iter(dm.train_dataloader()))["image"].shape == (2, 3, 256, 128)
+
+
+def test_worker_processes_give_the_same_batches(synthetic_dm):
+    synthetic_dm.num_workers = 2
+    try:
+        with_workers = next(iter(synthetic_dm.val_dataloader()))
+    finally:
+        synthetic_dm.num_workers = 0
+    in_process = next(iter(synthetic_dm.val_dataloader()))
+    assert torch.equal(with_workers["image"], in_process["image"])
+    assert torch.equal(with_workers["keypoints"], in_process["keypoints"])

@@ -106,7 +106,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     record["status"] = "finished"
     if trainer.is_global_zero:
         write_json(out_dir / "results.json", record)
-        _print_summary(record, cfg)
+        _print_summary(record)
     return record
 
 
@@ -114,8 +114,7 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _print_summary(record: dict[str, Any], cfg: DictConfig) -> None:
-    metric = cfg.task.monitor.metric
+def _print_summary(record: dict[str, Any]) -> None:
     table = Table(title=f"Run summary: {record['choices'].get('model')} / {record['choices'].get('task')}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
@@ -125,8 +124,11 @@ def _print_summary(record: dict[str, Any], cfg: DictConfig) -> None:
     baseline = record.get("baseline_mean_shape_val")
     if baseline is not None and "mre" in baseline:
         table.add_row("mean-shape baseline val/mre", _fmt(baseline["mre"]))
-        if metric in best:
-            table.add_row("best val/mre / baseline", _fmt(best[metric]["value"] / baseline["mre"]))
+        if "val/mre" in best:
+            ratio = best["val/mre"]["value"] / baseline["mre"]
+            table.add_row("best val/mre / baseline", _fmt(ratio))
+            log.info("best val/mre %.4f px vs mean-shape baseline %.4f px (ratio %.3f)",
+                     best["val/mre"]["value"], baseline["mre"], ratio)
     for key, value in (record.get("test", {}).get("metrics") or {}).items():
         table.add_row(key, _fmt(float(value)))
     table.add_row("train time [s]", _fmt(record.get("train_time_s")))
