@@ -236,3 +236,27 @@ def test_csv_reader_on_real_spine_images(tmp_path):
         assert rec.image_path == image.absolute()
         np.testing.assert_array_equal(rec.keypoints, p2)
         assert rec.size is not None and min(rec.size) > 300
+
+
+@needs_aasce
+def test_coco_reader_on_real_spine_images(tmp_path):
+    """The same real spine annotations through the COCO format equal the AASCE reader's records."""
+    reference = read_aasce(AASCE, "training")
+    picked = reference.records[:3]
+    data = {
+        "images": [{"id": i + 1, "file_name": str(r.image_path), "height": r.size[0], "width": r.size[1]}
+                   for i, r in enumerate(picked)],
+        "annotations": [
+            {"id": 10 + i, "image_id": i + 1, "category_id": 1, "num_keypoints": 68,
+             "keypoints": [v for (x, y) in r.keypoints.tolist() for v in (x, y, 2)]}
+            for i, r in enumerate(picked)
+        ],
+        "categories": [{"id": 1, "name": "spine", "keypoints": AASCE_LANDMARK_NAMES, "skeleton": []}],
+    }
+    (tmp_path / "spine_coco.json").write_text(json.dumps(data))
+    ls = validate_landmark_set(read_coco_keypoints(tmp_path / "spine_coco.json"), num_keypoints=68)
+    assert ls.names == AASCE_LANDMARK_NAMES
+    for rec, ref in zip(ls.records, picked):
+        assert rec.image_path == ref.image_path and rec.size == ref.size
+        np.testing.assert_allclose(rec.keypoints, ref.keypoints, atol=1e-9)
+        assert rec.visible.all()

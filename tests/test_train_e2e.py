@@ -122,3 +122,22 @@ def test_bad_input_size_fails_before_training(tmp_path, cache_dir):
     assert proc.returncode != 0
     assert "data.image_size=[100, 64]" in proc.stderr + proc.stdout and "multiple of 32" in proc.stderr + proc.stdout
     assert not (out / "checkpoints").exists()
+
+
+def test_bad_data_fails_before_training_naming_file_and_row(compose_cfg, tmp_path):
+    from hrexp.data.records import DataError
+    from hrexp.training.train_run import train
+
+    image = tmp_path / "a.png"
+    import cv2
+    import numpy as np
+
+    cv2.imwrite(str(image), np.zeros((64, 32), np.uint8))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("image,p1_x,p1_y\na.png,1.0,2.0\na.png,abc,3.0\n")
+    cfg = compose_cfg(["data=landmarks_csv", f"data.csv={bad}", "data.image_size=[64,32]"])
+    with pytest.raises(DataError) as err:
+        train(cfg)
+    message = str(err.value)
+    assert str(bad) in message and "row 2" in message and "abc" in message
+    assert not (tmp_path / "run" / "checkpoints").exists()
