@@ -90,3 +90,36 @@ def test_input_size_must_fit_backbone_stride():
     check_input_size([256, 128], _FakeBackbone(), "hrnet_w32")
     with pytest.raises(ConfigError, match=r"data.image_size=\[250, 128\].*multiple of 32.*model=hrnet_w32"):
         check_input_size([250, 128], _FakeBackbone(), "hrnet_w32")
+
+
+def test_model_config_can_choose_its_head(compose_cfg):
+    assert compose_cfg([]).task.head._target_.endswith("HeatmapHead")
+    assert compose_cfg(["model=resnet50"]).task.head._target_.endswith("DeconvHead")
+    # the command line still wins over the model's choice
+    assert compose_cfg(["model=resnet50", "head=heatmap"]).task.head._target_.endswith("HeatmapHead")
+    assert compose_cfg(["head=hrnetv2"]).task.head._target_.endswith("HRNetV2Head")
+
+
+def test_head_that_does_not_fit_the_backbone_fails_at_build_time(compose_cfg):
+    from hrexp.training.build import build_module
+
+    class _Data:
+        dataset_meta = {"num_keypoints": 4, "keypoint_names": list("abcd"), "flip_pairs": []}
+
+    cfg = compose_cfg(["model=hrnet_w18", "head=deconv", "task.head.num_deconv_layers=6"])
+    with pytest.raises(ValueError, match=r"DeconvHead.*strides \[4, 8, 16, 32\]"):
+        build_module(cfg, _Data())
+
+
+@pytest.mark.parametrize("model,head,stride", [("resnet50", "deconv", 4), ("hrnet_w18", "hrnetv2", 4), ("unet", "heatmap", 4)])
+def test_models_and_heads_build_into_one_module(compose_cfg, model, head, stride):
+    from hrexp.training.build import build_module
+
+    class _Data:
+        dataset_meta = {"num_keypoints": 5, "keypoint_names": list("abcde"), "flip_pairs": []}
+
+    cfg = compose_cfg([f"model={model}", f"head={head}", "data.image_size=[64,64]"])
+    module = build_module(cfg, _Data()).eval()
+    out = module(torch.zeros(1, 3, 64, 64))
+    assert out.shape == (1, 5, 64 // stride, 64 // stride)
+    assert module.task.stride == stride

@@ -196,6 +196,11 @@ class LandmarkDataModule(LightningDataModule):
         """Landmark index pairs swapped by a horizontal flip (empty when none are defined)."""
         return list(self.train_set.flip_pairs)
 
+    @property
+    def dataset_meta(self) -> dict:
+        """What a task needs to know about the data: landmark count, names and flip pairs."""
+        return {"num_keypoints": self.num_keypoints, "keypoint_names": self.keypoint_names, "flip_pairs": self.flip_pairs}
+
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._set(split)
         return DataLoader(

@@ -22,14 +22,31 @@ those of the official code, which timm's ``hrnet_*`` models also use; see
 
 from __future__ import annotations
 
+import logging
+import os
 from collections.abc import Mapping, Sequence
-from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from hrexp.models.blocks import BasicBlock, Bottleneck, conv1x1, conv3x3, make_layer
+from hrexp.models.freeze import (
+    HRNET_STAGES,
+    check_freeze_stages,
+    freeze_modules,
+    hrnet_frozen_modules,
+    keep_frozen_in_eval,
+)
+from hrexp.models.pretrained import (
+    OPTION as PRETRAINED_OPTION,
+    LoadReport,
+    check_pretrained_file,
+    is_disabled,
+    load_pretrained,
+)
+
+log = logging.getLogger(__name__)
 
 # Top-level keys of timm's (and official ImageNet) HRNet checkpoints that belong to the
 # classification head (HRNetV2-W "incre/downsamp/final" modules and the classifier), plus the
@@ -165,6 +182,31 @@ class HighResolutionNet(nn.Module):
         multi_scale_output: Keep all branches in the last module of stage 4. False reproduces
             HRNetV1's pose network (only the stride-4 branch is fused and returned, and
             ``feature_info`` has one entry).
+        pretrained: ``None`` / ``False``: random init. A path: a local weights file in the
+            timm / official HRNet layout (``.pth``, ``.pt``, ``.bin``, ``.ckpt`` read with
+            ``weights_only=True``, or ``.safetensors``), raw or wrapped (``state_dict``,
+            ``model``, Lightning checkpoints with a ``backbone.`` prefix). Head keys are dropped
+            as in :func:`load_timm_hrnet_state_dict`; missing and unexpected keys are logged, not
+            fatal (see :mod:`hrexp.models.pretrained`). There is no download: ``True`` is an
+            error (use ``TimmBackbone`` for weights from the Hugging Face cache).
+        freeze_stages: 0 trains everything. ``N`` in 1..4 freezes the stem (``conv1``, ``bn1``,
+            ``conv2``, ``bn2``) and stages 1..N, where stage 1 = ``layer1`` + ``transition1``,
+            stage 2 = ``stage2`` + ``transition2``, stage 3 = ``stage3`` + ``transition3``,
+            stage 4 = ``stage4`` (each transition goes with the stage whose output it adapts,
+            so stage N+1 is the first trainable module). Frozen parameters get
+            ``requires_grad=False`` and frozen modules stay in eval mode through ``train()``
+            (BatchNorm keeps its running statistics).
+
+    Attributes:
+        frozen_modules: Names of the frozen submodules.
+        load_report: The :class:`LoadReport` of the pretrained weights, or None.
+
+    Raises:
+        FileNotFoundError: ``pretrained`` names a file that does not exist (checked before the
+            network is built).
+        ValueError: An argument is out of range, ``pretrained`` is True or names an unreadable
+            or unsafe file.
+        RuntimeError: The weights do not fit (a shape differs, or no key matches).
     """
 
     def __init__(
@@ -176,8 +218,21 @@ class HighResolutionNet(nn.Module):
         num_modules: Sequence[int] = (1, 4, 3),
         num_blocks: Sequence[int] = (4, 4, 4),
         multi_scale_output: bool = True,
+        pretrained: str | os.PathLike | bool | None = None,
+        freeze_stages: int = 0,
     ) -> None:
         super().__init__()
+        # Cheap checks first: a bad option fails before seconds are spent building the network.
+        freeze_stages = check_freeze_stages(freeze_stages, len(HRNET_STAGES))
+        weights = None
+        if pretrained is True:
+            raise ValueError(
+                f"{PRETRAINED_OPTION}=true: the scratch HRNet has no download; pass a local weights "
+                f"file ({PRETRAINED_OPTION}=/path/to/hrnet.pth), or use model=timm_hrnet_w32 whose "
+                "pretrained=true reads the local Hugging Face cache"
+            )
+        if not is_disabled(pretrained):
+            weights = check_pretrained_file(pretrained)
         num_modules = [int(n) for n in num_modules]
         num_blocks = [int(n) for n in num_blocks]
         if width < 1:
@@ -228,6 +283,20 @@ class HighResolutionNet(nn.Module):
         ]
         self._init_weights()
 
+        self.load_report: LoadReport | None = None
+        if weights is not None:
+            self.load_report = load_pretrained(
+                self, weights, source=str(pretrained), drop_prefixes=TIMM_NON_BACKBONE_PREFIXES
+            )
+        elif freeze_stages:
+            log.warning(
+                "model.freeze_stages=%d without model.pretrained: the frozen stages keep their "
+                "random init",
+                freeze_stages,
+            )
+        self.frozen_modules: tuple[str, ...] = tuple(hrnet_frozen_modules(freeze_stages))
+        freeze_modules(self, self.frozen_modules)
+
     @staticmethod
     def _make_transition(pre_channels: list[int], channels: list[int]) -> nn.ModuleList:
         """Adapts existing branches and adds the new, half-resolution one(s).
@@ -262,6 +331,12 @@ class HighResolutionNet(nn.Module):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
 
+    def train(self, mode: bool = True) -> HighResolutionNet:
+        """Sets training mode, keeping the frozen stages in eval mode (see ``freeze_stages``)."""
+        super().train(mode)
+        keep_frozen_in_eval(self, self.frozen_modules)
+        return self
+
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Computes the branch features.
 
@@ -284,20 +359,6 @@ class HighResolutionNet(nn.Module):
             xs = [layer(xs[min(i, len(xs) - 1)]) for i, layer in enumerate(transition)]
             xs = stage(xs)
         return xs
-
-
-class LoadReport(NamedTuple):
-    """What :func:`load_timm_hrnet_state_dict` did.
-
-    Attributes:
-        missing_keys: Backbone keys absent from the state dict (left at their current values).
-        unexpected_keys: Kept keys the backbone does not have.
-        dropped_keys: Keys removed before loading as non-backbone (head) parameters.
-    """
-
-    missing_keys: list[str]
-    unexpected_keys: list[str]
-    dropped_keys: list[str]
 
 
 def load_timm_hrnet_state_dict(

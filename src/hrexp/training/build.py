@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import lightning.pytorch as pl
+from hydra.errors import InstantiationException
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
@@ -22,15 +23,6 @@ log = logging.getLogger(__name__)
 
 class ConfigError(ValueError):
     """A config value that cannot work, reported before training starts."""
-
-
-def dataset_meta(datamodule: Any) -> dict[str, Any]:
-    """What a task needs to know about the data (landmark count and names, flip pairs)."""
-    return {
-        "num_keypoints": datamodule.num_keypoints,
-        "keypoint_names": list(datamodule.keypoint_names),
-        "flip_pairs": list(datamodule.flip_pairs),
-    }
 
 
 def build_datamodule(data_cfg: DictConfig) -> pl.LightningDataModule:
@@ -58,7 +50,12 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
     model_name = choices(cfg)["model"]
     if "image_size" in cfg.data:
         check_input_size(cfg.data.image_size, backbone, model_name)
-    task = instantiate(cfg.task, feature_info=backbone.feature_info, dataset_meta=dataset_meta(datamodule))
+    try:
+        task = instantiate(cfg.task, feature_info=backbone.feature_info, dataset_meta=datamodule.dataset_meta)
+    except InstantiationException as err:
+        # Hydra wraps the head's own message (which names the head and the features); surface it.
+        cause = err.__cause__ if err.__cause__ is not None else err
+        raise ConfigError(f"model={model_name} head={choices(cfg)['head']}: {cause}") from err
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     return HRExpModule(
         backbone=backbone,
@@ -98,7 +95,7 @@ def build_loggers(cfg: DictConfig | None) -> list[Any]:
     return [instantiate(lg) for lg in (cfg or {}).values() if lg is not None and "_target_" in lg]
 
 
-GROUPS = ("model", "task", "data", "optimizer", "scheduler", "trainer")
+GROUPS = ("model", "head", "task", "data", "optimizer", "scheduler", "trainer")
 
 
 def choices(cfg: DictConfig) -> dict[str, str]:

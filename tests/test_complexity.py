@@ -1,0 +1,54 @@
+"""Parameter and multiply-add counts: hand-computed layers, the HRNet paper's figures, the table script."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+
+from hrexp.models.complexity import count_macs, count_parameters
+from hrexp.models.hrnet import HighResolutionNet
+
+
+def test_macs_of_one_conv_match_hand_computation():
+    conv = nn.Conv2d(3, 8, kernel_size=3, padding=1, bias=False)
+    # every output element: 3 * 3 * 3 multiply-adds; 8 x 16 x 12 outputs
+    assert count_macs(conv, (1, 3, 16, 12)) == 3 * 3 * 3 * 8 * 16 * 12
+    linear = nn.Linear(10, 4)
+    assert count_macs(linear, (2, 10)) == 2 * 10 * 4
+
+
+class _PoseHRNet(nn.Module):
+    """The paper's pose network: the 1/4 branch only, then a 1x1 conv to 17 heatmaps."""
+
+    def __init__(self, width: int):
+        super().__init__()
+        self.backbone = HighResolutionNet(width=width, multi_scale_output=False)
+        self.final_layer = nn.Conv2d(width, 17, 1)
+
+    def forward(self, x):
+        return self.final_layer(self.backbone(x)[0])
+
+
+def test_hrnet_w32_pose_compute_matches_paper():
+    # Sun et al. 2019, Table 1: HRNet-W32, 256x192 input, 7.1 GFLOPs (multiply-adds), 28.5M params.
+    model = _PoseHRNet(32)
+    macs = count_macs(model, (1, 3, 256, 192))
+    assert macs / 1e9 == pytest.approx(7.1, rel=0.05)
+    assert count_parameters(model) / 1e6 == pytest.approx(28.5, rel=0.01)
+
+
+def test_model_table_lists_every_config_with_measured_numbers(tmp_path):
+    from hrexp.reports.model_table import END, START, main
+
+    table = main(["--models", "hrnet_w18", "timm_resnet50", "--size", "64", "64"])
+    rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `")}
+    assert set(rows) == {"hrnet_w18", "timm_resnet50"}
+    w18 = HighResolutionNet(width=18)
+    expected = f"| {count_parameters(w18) / 1e6:.2f} | {count_macs(w18, (1, 3, 64, 64)) / 1e9:.2f} |"
+    assert expected in rows["hrnet_w18"]
+    readme = tmp_path / "README.md"
+    readme.write_text(f"intro\n{START}\nold\n{END}\nrest\n")
+    main(["--models", "hrnet_w18", "--size", "64", "64", "--readme", str(readme)])
+    text = readme.read_text()
+    assert "old" not in text and "hrnet_w18" in text and text.startswith("intro") and text.endswith("rest\n")

@@ -1,0 +1,75 @@
+"""LandmarkTask: perfect heatmaps decode, through each sample's inverse affine, to the original points."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+
+from hrexp.codecs.heatmap import GaussianHeatmapCodec
+from hrexp.geometry import apply_affine, invert_affine
+from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
+from hrexp.models.heads import HeatmapHead
+from hrexp.tasks.landmarks import LandmarkTask
+
+FEATURES = [{"num_chs": 8, "reduction": 4}, {"num_chs": 16, "reduction": 8}]
+
+
+def _task(upsample: bool) -> LandmarkTask:
+    head = lambda **kw: HeatmapHead(upsample_to_input=upsample, **kw)  # noqa: E731
+    return LandmarkTask(head, GaussianHeatmapCodec(sigma=1.0), WeightedHeatmapMSE(), FEATURES,
+                        {"num_keypoints": 3, "keypoint_names": ["a", "b", "c"]}, sdr_radii=[1, 5])
+
+
+def _batch(h=128, w=128):
+    # away from the heatmap borders, where the DARK blur is biased (see test_codec.py)
+    orig = torch.tensor([[[140.3, 200.7], [110.2, 120.9], [370.5, 300.1]], [[205.5, 205.5], [260.0, 350.25], [133.3, 144.4]]])
+    # original (512 x 512) -> input (128 x 128): scale 0.25 plus a rotation and a shift, per sample
+    mats = []
+    for angle in (0.0, 7.0):
+        a = math.radians(angle)
+        s = 0.25
+        mats.append(torch.tensor([[s * math.cos(a), -s * math.sin(a), 3.0], [s * math.sin(a), s * math.cos(a), -1.0], [0, 0, 1]]))
+    matrix = torch.stack(mats)
+    kp = apply_affine(orig, matrix)
+    return {"keypoints": kp, "visible": torch.ones(2, 3), "keypoints_orig": orig, "visible_orig": torch.ones(2, 3),
+            "matrix": matrix, "spacing": torch.tensor([0.5, float("nan")]), "image": torch.zeros(2, 3, h, w)}
+
+
+@pytest.mark.parametrize("upsample", [False, True])
+def test_perfect_heatmaps_predict_original_points(upsample):
+    task = _task(upsample)
+    batch = _batch()
+    stride = task.stride
+    assert stride == (1.0 if upsample else 4.0)
+    size = (int(128 / stride), int(128 / stride))
+    heatmaps, _ = task.codec.encode(batch["keypoints"], batch["visible"], heatmap_size=size, stride=stride)
+    preds = task.predict(heatmaps, batch)
+    # the codec recovers points within 0.1 heatmap px = 0.1 * stride input px = 0.4 * stride original px
+    err = (preds["keypoints"] - batch["keypoints_orig"]).norm(dim=-1)
+    assert err.max() < 0.4 * stride, err
+    # decoding in the input frame agrees with the batch's input keypoints
+    assert (preds["keypoints_input"] - batch["keypoints"]).norm(dim=-1).max() < 0.1 * stride
+    # metrics of perfect predictions: MRE ~ 0, every landmark within 1 px; mm only for sample 0
+    task.update_metrics("val", preds, batch)
+    values = task.compute_metrics("val")
+    assert values["val/mre"] < 0.5 and values["val/sdr_1"] == 1.0
+    assert values["val/mre_mm"] < 0.25
+    # the loss of the perfect heatmaps is 0, of zeros it is not
+    assert task.loss(heatmaps, batch) == pytest.approx(0.0, abs=1e-12)
+    assert task.loss(torch.zeros_like(heatmaps), batch) > 0
+
+
+def test_head_output_matches_codec_grid():
+    task = _task(False)
+    feats = [torch.randn(2, 8, 32, 32), torch.randn(2, 16, 16, 16)]
+    out = task(feats)
+    assert out.shape == (2, 3, 32, 32)
+    assert torch.isfinite(task.loss(out, _batch())).all()
+
+
+def test_inverse_affine_round_trip():
+    batch = _batch()
+    back = apply_affine(batch["keypoints"], invert_affine(batch["matrix"]))
+    torch.testing.assert_close(back, batch["keypoints_orig"], atol=1e-4, rtol=0)
