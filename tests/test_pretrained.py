@@ -195,6 +195,7 @@ def test_missing_file_fails_fast(tmp_path):
     for build in (
         lambda: HighResolutionNet(width=48, pretrained=str(path)),
         lambda: TimmBackbone("hrnet_w48", pretrained=str(path), feature_location=""),
+        lambda: TimmBackbone("resnet50", pretrained=path),  # a Path object, not a hub name
     ):
         start = time.perf_counter()
         with pytest.raises(FileNotFoundError, match="model.pretrained") as info:

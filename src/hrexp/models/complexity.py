@@ -1,7 +1,8 @@
 """Model size and compute: parameters and multiply-accumulates (MACs) from torch's FLOP counter.
 
 Convention: torch.utils.flop_counter counts a multiply-add as 2 FLOPs (convolutions, matmuls);
-hrexp reports **multiply-adds** (MACs = FLOPs / 2), the unit of the HRNet paper's "GFLOPs" column.
+hrexp reports **multiply-adds** (MACs = FLOPs / 2) in units of 1e9. The HRNet papers' "GFLOPs"
+columns are multiply-adds divided by 1024**3 (their model summary's unit), about 7% smaller.
 Element-wise ops (BatchNorm in eval, ReLU, additions, nearest/bilinear upsampling) are not counted,
 as in the papers' figures.
 """

@@ -88,7 +88,7 @@ class TimmBackbone(nn.Module):
     def __init__(
         self,
         model_name: str,
-        pretrained: bool | str | None = False,
+        pretrained: bool | str | os.PathLike | None = False,
         out_indices: Sequence[int] = (1, 2, 3, 4),
         freeze_stages: int = 0,
         **timm_kwargs: Any,
@@ -100,7 +100,7 @@ class TimmBackbone(nn.Module):
         source = str(pretrained)
         if is_disabled(pretrained):
             pass
-        elif isinstance(pretrained, str) and looks_like_path(pretrained):
+        elif isinstance(pretrained, (str, os.PathLike)) and looks_like_path(pretrained):
             weights = check_pretrained_file(pretrained)
         else:
             weights = resolve_hf_cached_weights(pretrained, model_name)
