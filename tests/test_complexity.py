@@ -44,12 +44,20 @@ def test_hrnet_w32_pose_compute_matches_paper():
 def test_model_table_lists_every_config_with_measured_numbers(tmp_path):
     from hrexp.reports.model_table import END, START, main
 
-    table = main(["--models", "hrnet_w18", "timm_resnet50", "--size", "64", "64"])
+    table = main(["--models", "hrnet_w18", "timm_resnet50", "resnet50", "--size", "64", "64"])
     rows = {line.split("|")[1].strip(" `"): line for line in table.splitlines() if line.startswith("| `")}
-    assert set(rows) == {"hrnet_w18", "timm_resnet50"}
+    assert set(rows) == {"hrnet_w18", "timm_resnet50", "resnet50"}
+    from hrexp.models.heads import HeatmapHead
+
     w18 = HighResolutionNet(width=18)
-    expected = f"| {count_parameters(w18) / 1e6:.2f} | {count_macs(w18, (1, 3, 64, 64)) / 1e9:.2f} |"
+    model = nn.Sequential()
+    model.backbone, model.head = w18, HeatmapHead(w18.feature_info, num_outputs=17)
+    model.forward = lambda x: model.head(model.backbone(x))
+    expected = (f"| {count_parameters(w18) / 1e6:.2f} | {count_parameters(model) / 1e6:.2f} | "
+                f"{count_macs(model, (1, 3, 64, 64)) / 1e9:.2f} |")
     assert expected in rows["hrnet_w18"]
+    # a model config that picks its own head is measured with it
+    assert "| resnet50 | DeconvHead |" in rows["resnet50"] and "| resnet50 | HeatmapHead |" in rows["timm_resnet50"]
     readme = tmp_path / "README.md"
     readme.write_text(f"intro\n{START}\nold\n{END}\nrest\n")
     main(["--models", "hrnet_w18", "--size", "64", "64", "--readme", str(readme)])

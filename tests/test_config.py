@@ -123,3 +123,10 @@ def test_models_and_heads_build_into_one_module(compose_cfg, model, head, stride
     out = module(torch.zeros(1, 3, 64, 64))
     assert out.shape == (1, 5, 64 // stride, 64 // stride)
     assert module.task.stride == stride
+
+
+def test_experiment_config_overrides_groups_and_values(compose_cfg):
+    cfg = compose_cfg(["experiment=aasce_hrnet_w32"])
+    assert cfg.data._target_.endswith("AasceDataModule") and cfg.data.num_keypoints == 68
+    assert list(cfg.data.image_size) == [512, 256] and cfg.trainer.max_epochs == 100
+    assert cfg.task_name == "aasce_hrnet_w32" and cfg.model.width == 32

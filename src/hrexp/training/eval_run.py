@@ -35,6 +35,9 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
     """The training run's config, with this command's ``data`` when one was given."""
     run_cfg = OmegaConf.create(ckpt["hrexp"]["config"])
+    if "pretrained" in run_cfg.model:
+        # The checkpoint holds the trained weights: the initial ones need not (and may no longer) exist.
+        run_cfg.model.pretrained = False
     if cfg.get("data") is not None:
         # Resolve in this command's context (its paths), then hand it to the run's config.
         run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
