@@ -13,7 +13,8 @@ pytestmark = pytest.mark.slow
 
 def test_default_job_halves_the_mean_shape_baseline(tmp_path, cache_dir):
     out = tmp_path / "default"
-    proc = run_script("train.py", ["model=hrnet_w32", "task=landmarks", f"hydra.run.dir={out}"], cache_dir)
+    # ~13 min on 2 cores; the limit only guards against a hang
+    proc = run_script("train.py", ["model=hrnet_w32", "task=landmarks", f"hydra.run.dir={out}"], cache_dir, timeout=2400)
     record = json.loads((out / "results.json").read_text())
     best = record["best"]["val/mre"]["value"]
     baseline = record["baseline_mean_shape_val"]["mre"]

@@ -30,10 +30,12 @@ TINY = [
 ]
 
 
-def run_script(script: str, args: list[str], cache_dir: Path, check: bool = True) -> subprocess.CompletedProcess:
+def run_script(
+    script: str, args: list[str], cache_dir: Path, check: bool = True, timeout: float = 600
+) -> subprocess.CompletedProcess:
     env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
     proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600
+        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
     )
     if check and proc.returncode != 0:
         raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")

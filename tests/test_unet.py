@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import math
 from pathlib import Path
 
 import hydra.utils
@@ -22,17 +21,7 @@ def _seed():
     torch.manual_seed(0)
 
 
-def _num_params(module: nn.Module) -> int:
-    return sum(p.numel() for p in module.parameters())
-
-
-def _assert_features_match_info(features, feature_info, input_hw):
-    assert len(features) == len(feature_info)
-    h, w = input_hw
-    for feat, info in zip(features, feature_info):
-        s = info["reduction"]
-        assert feat.shape[1] == info["num_chs"]
-        assert tuple(feat.shape[-2:]) == (math.ceil(h / s), math.ceil(w / s))
+from test_models import _assert_features_match_info, _num_params  # noqa: E402
 
 
 # --------------------------------------------------------------------------- shapes

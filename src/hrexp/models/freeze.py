@@ -180,3 +180,18 @@ def keep_frozen_in_eval(root: nn.Module, names: Iterable[str]) -> None:
     """
     for name in names:
         root.get_submodule(name).eval()
+
+
+class KeepsFrozenInEval(nn.Module):
+    """Mixin for backbones with ``frozen_modules``: ``train()`` leaves those modules in eval mode.
+
+    Lightning calls ``.train()`` on the whole LightningModule every epoch, which would otherwise put
+    frozen BatchNorm layers back into training mode and let their running statistics move.
+    """
+
+    frozen_modules: tuple[str, ...] = ()
+
+    def train(self, mode: bool = True):
+        super().train(mode)
+        keep_frozen_in_eval(self, self.frozen_modules)
+        return self

@@ -36,7 +36,7 @@ from hrexp.models.freeze import (
     check_freeze_stages,
     freeze_modules,
     hrnet_frozen_modules,
-    keep_frozen_in_eval,
+    KeepsFrozenInEval,
 )
 from hrexp.models.pretrained import (
     OPTION as PRETRAINED_OPTION,
@@ -164,7 +164,7 @@ class HighResolutionModule(nn.Module):
         return out
 
 
-class HighResolutionNet(nn.Module):
+class HighResolutionNet(KeepsFrozenInEval):
     """HRNet backbone (scratch implementation, official key layout).
 
     ``forward(x)`` returns the stage-4 branch features, highest resolution first: with the
@@ -330,12 +330,6 @@ class HighResolutionNet(nn.Module):
             elif isinstance(m, nn.BatchNorm2d):
                 nn.init.ones_(m.weight)
                 nn.init.zeros_(m.bias)
-
-    def train(self, mode: bool = True) -> HighResolutionNet:
-        """Sets training mode, keeping the frozen stages in eval mode (see ``freeze_stages``)."""
-        super().train(mode)
-        keep_frozen_in_eval(self, self.frozen_modules)
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Computes the branch features.

@@ -15,7 +15,6 @@ from typing import Any  # noqa: E402
 
 import timm  # noqa: E402
 import torch  # noqa: E402
-from torch import nn  # noqa: E402
 
 from hrexp.models.freeze import (  # noqa: E402
     HRNET_STAGES,
@@ -23,7 +22,7 @@ from hrexp.models.freeze import (  # noqa: E402
     freeze_modules,
     hrnet_frozen_modules,
     is_hrnet_layout,
-    keep_frozen_in_eval,
+    KeepsFrozenInEval,
     timm_frozen_modules,
     timm_stage_modules,
 )
@@ -39,7 +38,7 @@ from hrexp.models.pretrained import (  # noqa: E402
 log = logging.getLogger(__name__)
 
 
-class TimmBackbone(nn.Module):
+class TimmBackbone(KeepsFrozenInEval):
     """Wraps ``timm.create_model(model_name, features_only=True, ...)``.
 
     ``forward(x)`` returns the selected feature maps as a list, highest resolution first, and
@@ -148,12 +147,6 @@ class TimmBackbone(nn.Module):
         stage_ends = timm_stage_modules(self.model) if freeze_stages != 0 else []
         check_freeze_stages(freeze_stages, len(stage_ends))
         return timm_frozen_modules(self.model, stage_ends, freeze_stages)
-
-    def train(self, mode: bool = True) -> TimmBackbone:
-        """Sets training mode, keeping the frozen stages in eval mode (see ``freeze_stages``)."""
-        super().train(mode)
-        keep_frozen_in_eval(self, self.frozen_modules)
-        return self
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Computes the features.
