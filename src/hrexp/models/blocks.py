@@ -121,3 +121,15 @@ def make_layer(
     layers = [block(in_channels, planes, stride, downsample)]
     layers += [block(out_channels, planes) for _ in range(num_blocks - 1)]
     return nn.Sequential(*layers)
+
+
+def init_relu_network(module: nn.Module) -> None:
+    """He init for convolutions (ReLU networks trained from scratch), zero biases, identity norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)) and m.weight is not None:
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)

@@ -30,7 +30,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrexp.models.blocks import BasicBlock, Bottleneck, conv1x1, conv3x3, make_layer
+from hrexp.models.blocks import BasicBlock, Bottleneck, conv1x1, conv3x3, init_relu_network, make_layer
 from hrexp.models.freeze import (
     HRNET_STAGES,
     check_freeze_stages,
@@ -281,7 +281,7 @@ class HighResolutionNet(KeepsFrozenInEval):
         self.feature_info = [
             {"num_chs": c, "reduction": 4 * 2**i} for i, c in enumerate(out_channels)
         ]
-        self._init_weights()
+        init_relu_network(self)
 
         self.load_report: LoadReport | None = None
         if weights is not None:
@@ -321,15 +321,6 @@ class HighResolutionNet(KeepsFrozenInEval):
                     c_in = c_out
                 layers.append(nn.Sequential(*steps))
         return layers
-
-    def _init_weights(self) -> None:
-        # He init suits the ReLU network trained from scratch; BN starts as identity.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-            elif isinstance(m, nn.BatchNorm2d):
-                nn.init.ones_(m.weight)
-                nn.init.zeros_(m.bias)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Computes the branch features.

@@ -37,6 +37,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrexp.models.blocks import init_relu_network
+
 NormSpec = Union[str, Callable[[int], nn.Module], None]
 
 _NORM_NAMES = ("batch", "group", "instance", "none")
@@ -203,19 +205,7 @@ class UNet(nn.Module):
             {"num_chs": widths[level], "reduction": 2**level}
             for level in range(self.first_level, depth + 1)
         ]
-        self._init_weights()
-
-    def _init_weights(self) -> None:
-        # He init suits the ReLU network trained from scratch; norms start as identity.
-        for m in self.modules():
-            if isinstance(m, nn.Conv2d):
-                nn.init.kaiming_normal_(m.weight, mode="fan_out", nonlinearity="relu")
-                if m.bias is not None:
-                    nn.init.zeros_(m.bias)
-            elif isinstance(m, (nn.BatchNorm2d, nn.GroupNorm, nn.InstanceNorm2d)):
-                if m.weight is not None:
-                    nn.init.ones_(m.weight)
-                    nn.init.zeros_(m.bias)
+        init_relu_network(self)
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         """Computes the decoder features.
