@@ -10,11 +10,13 @@ from typing import Any
 
 import torch
 
+from hrexp.models.complexity import count_parameters
 
-def count_parameters(module: torch.nn.Module) -> dict[str, int]:
-    total = sum(p.numel() for p in module.parameters())
+
+def parameter_counts(module: torch.nn.Module) -> dict[str, int]:
+    """All and trainable parameters (they differ when stages are frozen)."""
     trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
-    return {"total": total, "trainable": trainable}
+    return {"total": count_parameters(module), "trainable": trainable}
 
 
 def _plain(value: Any) -> Any:

@@ -24,7 +24,7 @@ from hrexp.training.build import (
     build_module,
     choices,
 )
-from hrexp.training.run_record import count_parameters, write_json
+from hrexp.training.run_record import parameter_counts, write_json
 from hrexp.utils.config_tree import print_and_save_config
 
 log = logging.getLogger(__name__)
@@ -59,7 +59,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     loggers = build_loggers(cfg.get("logger"))
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.by_name.values()), logger=loggers or False)
 
-    params = count_parameters(module)
+    params = parameter_counts(module)
     record: dict[str, Any] = {
         "status": "running",
         "choices": choices(cfg),
@@ -67,7 +67,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "tags": list(cfg.get("tags") or []),
         "output_dir": str(out_dir),
         "params": params,
-        "params_backbone": count_parameters(module.backbone)["total"],
+        "params_backbone": parameter_counts(module.backbone)["total"],
     }
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
