@@ -2,9 +2,9 @@
 
 Each ``conf/model/*.yaml`` is composed as ``train.py model=<name>`` would (so a model that picks its
 own head gets it), instantiated with random init, given its head with 17 outputs (the COCO pose
-setting of the papers' figures) and measured with :mod:`hrexp.models.complexity`; with ``--readme`` the table replaces the block between the
-``<!-- model-table:start -->`` / ``<!-- model-table:end -->`` markers of README.md, so the numbers
-there are generated, never typed.
+setting of the papers' figures) and measured with :mod:`hrexp.models.complexity`. With
+``--readme`` the table replaces the block between the ``<!-- model-table:start -->`` /
+``<!-- model-table:end -->`` markers of README.md, so the numbers there are generated, never typed.
 """
 
 from __future__ import annotations

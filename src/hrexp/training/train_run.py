@@ -15,6 +15,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from hrexp.metrics.mean_shape import mean_shape_baseline
+from hrexp.models.complexity import count_parameters
 from hrexp.training.best_metrics import BestMetrics
 from hrexp.training.build import (
     ConfigError,
@@ -67,7 +68,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "tags": list(cfg.get("tags") or []),
         "output_dir": str(out_dir),
         "params": params,
-        "params_backbone": parameter_counts(module.backbone)["total"],
+        "params_backbone": count_parameters(module.backbone),
     }
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
