@@ -130,3 +130,17 @@ def test_experiment_config_overrides_groups_and_values(compose_cfg):
     assert cfg.data._target_.endswith("AasceDataModule") and cfg.data.num_keypoints == 68
     assert list(cfg.data.image_size) == [512, 256] and cfg.trainer.max_epochs == 100
     assert cfg.task_name == "aasce_hrnet_w32" and cfg.model.width == 32
+
+
+def test_pose_config_keeps_the_best_ap_checkpoint_and_resolves_paths_against_root(compose_cfg):
+    cfg = compose_cfg(["task=pose", "data=coco_pose", "data.root=/data/coco"])
+    cb = instantiate(cfg.callbacks.checkpoint_best_metric)
+    assert cb.monitor == "val/AP" and cb.mode == "max"
+    assert cfg.callbacks.checkpoint_best_metric.filename.startswith("best-val_AP-")
+    assert instantiate(cfg.callbacks.checkpoint_best_loss).monitor == "val/loss"
+    assert list(cfg.data.image_size) == [256, 192] and cfg.task.flip_test is True
+    assert [m["metric"] for m in cfg.callbacks.best_metrics.monitors] == ["val/loss", "val/AP"]
+    dm = instantiate(cfg.data)  # nothing is read before setup()
+    assert dm.paths["train_json"] == Path("/data/coco/annotations/person_keypoints_train2017.json")
+    assert dm.paths["val_images"] == Path("/data/coco/val2017")
+    assert dm.paths["test_json"] is None and dm.paths["train_images"] == Path("/data/coco/train2017")

@@ -248,8 +248,15 @@ class LandmarkTransform:
         """
         if params is None:
             params = self.sample_params(rng)
-        src_hw = image.shape[:2]
-        m = self.matrix(src_hw, params)
+        return self.apply(image, keypoints, visible, self.matrix(image.shape[:2], params), params)
+
+    def apply(
+        self, image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, m: np.ndarray, params: AugmentParams
+    ) -> dict[str, torch.Tensor]:
+        """Warps the image and maps the keypoints with the sample's matrix ``m``; applies the photometry.
+
+        ``m`` already contains the flip when ``params.flip``; the flip pairs are permuted here.
+        """
         out = warp_image(image, m, self.image_size)
         if out.ndim == 2:
             out = out[:, :, None]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import warnings
 from typing import Any, Callable, Mapping
 
 import lightning.pytorch as pl
@@ -53,14 +54,32 @@ class HRExpModule(pl.LightningModule):
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
 
+    def _eval_epoch_start(self, stage: str) -> None:
+        # A task scored against a whole-split ground truth (pose: COCO annotations) gets the dataset
+        # of the loader about to run: eval.py may test on the validation loader.
+        hook = getattr(self.task, "on_eval_epoch_start", None)
+        if hook is None:
+            return
+        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
+        if isinstance(loaders, (list, tuple)):
+            loaders = loaders[0]
+        hook(stage, getattr(loaders, "dataset", None))
+
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         outputs = self(batch["image"])
-        self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
-        self.task.update_metrics(stage, self.task.predict(outputs, batch), batch)
+        flipped = self(batch["image"].flip(-1)) if getattr(self.task, "flip_test", False) else None
+        # Samples without any target (detection boxes) have no loss; the metric still scores them.
+        if bool(batch["visible"].any()):
+            self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
+        self.task.update_metrics(stage, self.task.predict(outputs, batch, flipped_outputs=flipped), batch)
 
     def _eval_epoch_end(self, stage: str) -> None:
-        values = {f"{stage}/loss": self.losses[stage].compute()}
+        with warnings.catch_warnings():
+            # No update at all (only detection boxes, no targets) is expected: the loss is NaN, not logged.
+            warnings.filterwarnings("ignore", message=".*was called before the ``update`` method.*")
+            loss = self.losses[stage].compute()
         self.losses[stage].reset()
+        values = {} if torch.isnan(loss) else {f"{stage}/loss": loss}
         values.update(self.task.compute_metrics(stage))
         # The loss and the task's headline metric go to the progress bar; everything to the loggers.
         monitor = str(getattr(self.task, "monitor", {}).get("metric", ""))
@@ -68,6 +87,12 @@ class HRExpModule(pl.LightningModule):
         for key, value in values.items():
             # torchmetrics already reduced the states across ranks: no second sync here.
             self.log(key, value, prog_bar=key in shown, sync_dist=False)
+
+    def on_validation_epoch_start(self) -> None:
+        self._eval_epoch_start("val")
+
+    def on_test_epoch_start(self) -> None:
+        self._eval_epoch_start("test")
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
         self._eval_step("val", batch)

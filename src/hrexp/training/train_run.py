@@ -14,6 +14,7 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
+from hrexp.data.records import LandmarkSet
 from hrexp.metrics.mean_shape import mean_shape_baseline
 from hrexp.models.complexity import count_parameters
 from hrexp.training.best_metrics import BestMetrics
@@ -69,6 +70,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(out_dir),
         "params": params,
         "params_backbone": count_parameters(module.backbone),
+        "dataset_meta": dict(getattr(datamodule, "dataset_meta", {}) or {}),
     }
     for lg in loggers:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
@@ -85,7 +87,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         for name, cb in callbacks.checkpoints().items()
     }
 
-    if hasattr(datamodule, "val_set") and datamodule.val_set is not None:
+    if isinstance(getattr(datamodule, "val_set", None), LandmarkSet):
         record["baseline_mean_shape_val"] = mean_shape_baseline(
             datamodule.train_set, datamodule.val_set, radii=list(module.task.sdr_radii)
         )
