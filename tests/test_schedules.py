@@ -48,3 +48,22 @@ def test_constant_keeps_lr():
     opt = _optimizer((3e-4,))
     sched = constant(opt, total_steps=4, steps_per_epoch=2)
     assert [lr[0] for lr in _lrs(opt, sched, 4)] == [pytest.approx(3e-4)] * 4
+
+
+def test_poly_matches_hand_values_with_and_without_warmup():
+    from hrexp.training.schedules import poly
+
+    opt = _optimizer()
+    sched = poly(opt, total_steps=10, steps_per_epoch=5, power=0.9)
+    lrs = _lrs(opt, sched, 10)
+    for s in range(10):
+        for g, base in enumerate((1e-3, 1e-4)):
+            assert lrs[s][g] == pytest.approx(base * (1 - s / 10) ** 0.9)
+    opt = _optimizer()
+    sched = poly(opt, total_steps=10, steps_per_epoch=2, power=2.0, warmup_epochs=1, min_lr=1e-5)
+    lrs = _lrs(opt, sched, 10)
+    assert lrs[0][0] == pytest.approx(0.5e-3) and lrs[1][0] == pytest.approx(1e-3)
+    # s = 5: 3 of 8 decay steps done
+    assert lrs[5][0] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 - 3 / 8) ** 2)
+    with pytest.raises(ValueError, match="power"):
+        poly(_optimizer(), total_steps=10, steps_per_epoch=2, power=0)

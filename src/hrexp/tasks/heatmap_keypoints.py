@@ -89,6 +89,10 @@ class HeatmapKeypointTask(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features)
 
+    def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        """False for a batch without any labelled keypoint (e.g. detection boxes): no loss then."""
+        return bool(batch["visible"].any())
+
     def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """Weighted heatmap MSE against targets encoded from ``batch['keypoints']``."""
         targets, weights = self.codec.encode(

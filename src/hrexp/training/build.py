@@ -33,13 +33,13 @@ def build_datamodule(data_cfg: DictConfig) -> pl.LightningDataModule:
     return datamodule
 
 
-def check_input_size(image_size: Any, backbone: Any, model_name: str) -> None:
+def check_input_size(image_size: Any, backbone: Any, model_name: str, option: str = "data.image_size") -> None:
     """The input must be divisible by the backbone's coarsest stride, or multi-scale fusion misaligns."""
     stride = max(int(f["reduction"]) for f in backbone.feature_info)
     size = list(image_size)
     if any(int(s) % stride for s in size):
         raise ConfigError(
-            f"data.image_size={size}: each side must be a multiple of {stride}, the coarsest feature stride of "
+            f"{option}={size}: each side must be a multiple of {stride}, the coarsest feature stride of "
             f"model={model_name}"
         )
 
@@ -48,8 +48,9 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
     """Backbone + task (head fitted to the backbone's features and the data's landmark count) + optimizer."""
     backbone = instantiate(cfg.model)
     model_name = choices(cfg)["model"]
-    if "image_size" in cfg.data:
-        check_input_size(cfg.data.image_size, backbone, model_name)
+    for key in ("image_size", "crop_size"):  # keypoint inputs / segmentation training crops
+        if cfg.data.get(key) is not None:
+            check_input_size(cfg.data[key], backbone, model_name, option=f"data.{key}")
     try:
         task = instantiate(cfg.task, feature_info=backbone.feature_info, dataset_meta=datamodule.dataset_meta)
     except InstantiationException as err:

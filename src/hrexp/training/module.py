@@ -66,10 +66,12 @@ class HRExpModule(pl.LightningModule):
         hook(stage, getattr(loaders, "dataset", None))
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
-        outputs = self(batch["image"])
+        # A task may run its own inference (segmentation: whole images or sliding windows).
+        eval_outputs = getattr(self.task, "eval_outputs", None)
+        outputs = eval_outputs(self, batch) if eval_outputs is not None else self(batch["image"])
         flipped = self(batch["image"].flip(-1)) if getattr(self.task, "flip_test", False) else None
         # Samples without any target (detection boxes) have no loss; the metric still scores them.
-        if bool(batch["visible"].any()):
+        if self.task.has_targets(batch):
             self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
         self.task.update_metrics(stage, self.task.predict(outputs, batch, flipped_outputs=flipped), batch)
 

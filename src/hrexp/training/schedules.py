@@ -74,3 +74,54 @@ def warmup_cosine(
 def constant(optimizer: Optimizer, *, total_steps: int, steps_per_epoch: int) -> LambdaLR:
     """Keep every group's lr unchanged (a schedule object, so logging stays uniform)."""
     return LambdaLR(optimizer, lambda step: 1.0)
+
+
+def poly(
+    optimizer: Optimizer,
+    *,
+    total_steps: int,
+    steps_per_epoch: int,
+    power: float = 0.9,
+    warmup_epochs: float = 0,
+    warmup_steps: int | None = None,
+    min_lr: float = 0.0,
+) -> LambdaLR:
+    """Optional linear warmup, then polynomial decay: the usual schedule for segmentation.
+
+    At step ``s``: ``lr = base * (s + 1) / W`` for ``s < W``, else
+    ``lr = min_lr + (base - min_lr) * (1 - (s - W) / max(1, T - W)) ** power``.
+
+    Args:
+        optimizer: the optimizer whose groups' ``lr`` are the peak values.
+        total_steps: optimizer steps of the whole run.
+        steps_per_epoch: optimizer steps per epoch (to express warmup in epochs).
+        power: the decay exponent (0.9 in DeepLab / HRNet-Semantic-Segmentation).
+        warmup_epochs: warmup length in epochs.
+        warmup_steps: warmup length in steps; overrides ``warmup_epochs`` when given.
+        min_lr: the final learning rate of every group.
+
+    Raises:
+        ValueError: on a negative warmup or a non-positive power.
+    """
+    if not power > 0:
+        raise ValueError(f"scheduler.power must be > 0, got {power}")
+    warm = _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch)
+    if warm < 0:
+        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
+    if total_steps > 0 and warm >= total_steps:
+        log.warning("scheduler: warmup of %d steps >= the run's %d steps; clipped to %d", warm, total_steps, total_steps - 1)
+        warm = max(0, total_steps - 1)
+    decay = max(1, total_steps - warm)
+
+    def factor_for(base_lr: float):
+        floor = min_lr / base_lr if base_lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            remaining = max(0.0, 1.0 - (step - warm) / decay)
+            return floor + (1.0 - floor) * remaining**power
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(g["lr"]) for g in optimizer.param_groups])

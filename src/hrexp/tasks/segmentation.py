@@ -1,0 +1,156 @@
+"""The segmentation task: per-pixel class logits, cross-entropy / OHEM / Dice, mIoU and Dice metrics."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from hrexp.metrics.segmentation import SegmentationMetrics
+
+
+def _ceil_to(value: int, divisor: int) -> int:
+    return int(math.ceil(value / divisor) * divisor)
+
+
+def _window_starts(length: int, window: int, stride: int) -> list[int]:
+    """Window offsets covering ``[0, length)``: every ``stride``, the last one flush with the end."""
+    if length <= window:
+        return [0]
+    starts = list(range(0, length - window, stride))
+    return starts + [length - window]
+
+
+class SegmentationTask(nn.Module):
+    """Semantic segmentation: the head predicts ``num_classes`` logits at its stride (1/4 for HRNetV2).
+
+    Training upsamples the logits bilinearly to the crop and applies the loss there. Evaluation
+    scores every image at its ORIGINAL resolution: the network sees the whole (optionally
+    down-sized) image, or overlapping windows of ``sliding_window.size`` whose logits are averaged;
+    the logits are then resized back to the mask's original size before the argmax, so metrics never
+    see a resized mask. Batches are padded (images with 0, masks with the ignore index), so padding
+    never counts.
+
+    Args:
+        head: Partial head constructor, called as ``head(feature_info=..., num_outputs=C)``.
+        loss: ``loss(logits [B, C, H, W], target [B, H, W]) -> scalar``.
+        feature_info: The backbone's feature description.
+        dataset_meta: ``num_classes``, ``class_names``, ``ignore_index``.
+        sliding_window: ``{"size": [h, w], "stride": [h, w]}`` for large images, or None (whole image).
+        size_divisor: Network inputs are padded to a multiple of this (the coarsest backbone stride).
+        monitor: Default ``{"metric": "val/mIoU", "mode": "max"}``.
+    """
+
+    task_name = "segmentation"
+    flip_test = False
+
+    def __init__(
+        self,
+        head: Callable[..., nn.Module],
+        loss: nn.Module,
+        feature_info: Sequence[Mapping[str, int]],
+        dataset_meta: Mapping[str, Any],
+        sliding_window: Mapping[str, Sequence[int]] | None = None,
+        size_divisor: int = 32,
+        monitor: Mapping[str, str] | None = None,
+    ):
+        super().__init__()
+        if int(dataset_meta.get("num_classes") or 0) < 1:
+            raise ValueError(f"task=segmentation needs dataset_meta.num_classes >= 1, got {dict(dataset_meta)}")
+        self.num_classes = int(dataset_meta["num_classes"])
+        self.class_names = list(dataset_meta.get("class_names") or [f"class{i}" for i in range(self.num_classes)])
+        self.ignore_index = int(dataset_meta.get("ignore_index", 255))
+        loss_ignore = getattr(loss, "ignore_index", self.ignore_index)
+        if int(loss_ignore) != self.ignore_index:
+            raise ValueError(f"task.loss.ignore_index={loss_ignore} differs from the data's ignore_index={self.ignore_index}")
+        self.head = head(feature_info=feature_info, num_outputs=self.num_classes)
+        self.loss_fn = loss
+        self.size_divisor = int(size_divisor)
+        self.window = None
+        if sliding_window is not None:
+            size = [int(v) for v in sliding_window["size"]]
+            stride = [int(v) for v in sliding_window.get("stride") or [s * 2 // 3 for s in size]]
+            if any(s % self.size_divisor for s in size) or not all(0 < t <= s for t, s in zip(stride, size)):
+                raise ValueError(
+                    f"task.sliding_window: size {size} must be multiples of {self.size_divisor} and 0 < stride "
+                    f"{stride} <= size"
+                )
+            self.window = (size, stride)
+        self.monitor = dict(monitor or {"metric": "val/mIoU", "mode": "max"})
+        self.metrics = nn.ModuleDict({
+            stage: SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
+            for stage in ("val", "test")
+        })
+
+    @property
+    def stride(self) -> float:
+        return float(self.head.stride)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(features)
+
+    # ------------------------------------------------------------------ loss
+    def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        return bool((batch["mask"] != self.ignore_index).any())
+
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The loss on logits upsampled (bilinear) to the mask's size."""
+        mask = batch["mask"]
+        if outputs.shape[-2:] != mask.shape[-2:]:
+            outputs = F.interpolate(outputs, size=mask.shape[-2:], mode="bilinear", align_corners=False)
+        return self.loss_fn(outputs, mask)
+
+    # ------------------------------------------------------------------ evaluation
+    def _logits(self, model: Callable[[torch.Tensor], torch.Tensor], image: torch.Tensor) -> torch.Tensor:
+        """Logits ``[1, C, h, w]`` of one image ``[1, 3, h, w]`` at its own size (padding added and removed)."""
+        h, w = image.shape[-2:]
+        if self.window is None or (h <= self.window[0][0] and w <= self.window[0][1]):
+            ph, pw = _ceil_to(h, self.size_divisor), _ceil_to(w, self.size_divisor)
+            padded = F.pad(image, (0, pw - w, 0, ph - h))
+            out = F.interpolate(model(padded), size=(ph, pw), mode="bilinear", align_corners=False)
+            return out[..., :h, :w]
+        (wh, ww), (sh, sw) = self.window
+        ph, pw = max(h, wh), max(w, ww)
+        padded = F.pad(image, (0, pw - w, 0, ph - h))
+        total = image.new_zeros((1, self.num_classes, ph, pw))
+        count = image.new_zeros((1, 1, ph, pw))
+        for y in _window_starts(ph, wh, sh):
+            for x in _window_starts(pw, ww, sw):
+                crop = padded[..., y:y + wh, x:x + ww]
+                logits = F.interpolate(model(crop), size=(wh, ww), mode="bilinear", align_corners=False)
+                total[..., y:y + wh, x:x + ww] += logits
+                count[..., y:y + wh, x:x + ww] += 1
+        return (total / count)[..., :h, :w]
+
+    def eval_outputs(self, model: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Logits at the masks' original resolution, ``[B, C, Hm, Wm]`` (the padded mask size)."""
+        images, mask = batch["image"], batch["mask"]
+        image_hw, mask_hw = batch["image_hw"].tolist(), batch["mask_hw"].tolist()
+        out = images.new_zeros((images.shape[0], self.num_classes, *mask.shape[-2:]))
+        for i, ((h, w), (mh, mw)) in enumerate(zip(image_hw, mask_hw)):
+            logits = self._logits(model, images[i:i + 1, :, :h, :w])
+            if (h, w) != (mh, mw):  # the image was down-sized for the network: back to the mask's size
+                logits = F.interpolate(logits, size=(mh, mw), mode="bilinear", align_corners=False)
+            out[i, :, :mh, :mw] = logits[0]
+        return out
+
+    @torch.no_grad()
+    def predict(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor],
+                flipped_outputs: torch.Tensor | None = None) -> dict[str, torch.Tensor]:
+        """Class ids per pixel at the mask's resolution."""
+        if outputs.shape[-2:] != batch["mask"].shape[-2:]:
+            outputs = F.interpolate(outputs, size=batch["mask"].shape[-2:], mode="bilinear", align_corners=False)
+        return {"labels": outputs.argmax(dim=1)}
+
+    def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
+        self.metrics[stage].update(preds["labels"], batch["mask"], batch["index"])
+
+    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """``<stage>/mIoU``, ``<stage>/dice`` (foreground mean), ``<stage>/pixel_acc``, ``<stage>/iou_<class>``."""
+        metric = self.metrics[stage]
+        values = metric.compute()
+        metric.reset()
+        return {f"{stage}/{k}": v for k, v in values.items() if not torch.isnan(v)}

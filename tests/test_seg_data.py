@@ -1,0 +1,422 @@
+"""Segmentation data: folder pairing, mask decoding, transforms, padding collate, the datamodule."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+import torch
+
+from hrexp.data.records import DataError
+from hrexp.data.seg_datamodule import SegFolderDataModule, split_three
+from hrexp.data.seg_reader import MaskDecoder, pair_folder
+from hrexp.data.seg_transforms import SegAugmentParams, SegEvalTransform, SegTrainTransform, pad_collate
+from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from tests.conftest import shared_path
+
+MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
+STD = np.asarray(IMAGENET_STD, dtype=np.float32)
+
+
+def denormalise(image: torch.Tensor) -> np.ndarray:
+    """``[3, H, W]`` normalised tensor -> ``[H, W, 3]`` in [0, 1] units."""
+    return image.numpy().transpose(1, 2, 0) * STD + MEAN
+
+
+def write_folder(root: Path, items: dict[str, tuple[np.ndarray, np.ndarray]], image_ext=".png", mask_ext=".png") -> Path:
+    """Writes ``images/<id><ext>`` and ``masks/<id><ext>`` (uint8 arrays) under ``root``."""
+    (root / "images").mkdir(parents=True, exist_ok=True)
+    (root / "masks").mkdir(parents=True, exist_ok=True)
+    for stem, (image, mask) in items.items():
+        if image is not None:
+            assert cv2.imwrite(str(root / "images" / f"{stem}{image_ext}"), image)
+        if mask is not None:
+            assert cv2.imwrite(str(root / "masks" / f"{stem}{mask_ext}"), mask)
+    return root
+
+
+def simple_pair(h=24, w=32, value=1) -> tuple[np.ndarray, np.ndarray]:
+    image = np.full((h, w, 3), 100, np.uint8)
+    mask = np.zeros((h, w), np.uint8)
+    mask[h // 4 : h // 2, w // 4 : w // 2] = value
+    return image, mask
+
+
+def raw_binary(mask_path: Path) -> np.ndarray:
+    """Independent decoding of a Kvasir JPG mask: gray > 127."""
+    return (cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE) > 127).astype(np.int64)
+
+
+# ---------------------------------------------------------------------------------- real data: Kvasir
+@pytest.fixture(scope="module")
+def kvasir_dm() -> SegFolderDataModule:
+    dm = SegFolderDataModule(shared_path("seg_kvasir"), num_classes=2, class_names=["background", "polyp"], threshold=127)
+    dm.setup()
+    return dm
+
+
+def test_kvasir_masks_through_the_dataset_are_exactly_binary(kvasir_dm):
+    dataset = kvasir_dm.datasets["val"]  # eval transform: the mask as decoded, at original resolution
+    seen, noisy = set(), 0
+    for i in range(40):
+        _, _, mask_path = dataset.pairs[i]
+        item = dataset[i]
+        values = set(torch.unique(item["mask"]).tolist())
+        assert values <= {0, 1}, (mask_path, values)
+        seen |= values
+        np.testing.assert_array_equal(item["mask"].numpy(), raw_binary(mask_path))
+        raw = cv2.imread(str(mask_path), cv2.IMREAD_UNCHANGED)
+        noisy += int(np.any((raw != 0) & (raw != 255)))
+        assert item["image"].shape == (3, 256, 256) and tuple(item["mask_hw"].tolist()) == (256, 256)
+    assert seen == {0, 1}
+    # The JPG masks really hold values other than 0/255, so the threshold matters.
+    assert noisy >= 30
+
+
+def test_kvasir_setup_splits_and_counts_class_pixels(kvasir_dm):
+    dm = kvasir_dm
+    assert (len(dm.train_pairs), len(dm.val_pairs), len(dm.test_pairs)) == (638, 80, 80)
+    assert dm.dataset_meta == {"num_classes": 2, "class_names": ["background", "polyp"], "ignore_index": 255}
+    counts = dm.class_pixel_counts
+    assert counts.dtype == np.int64 and counts.shape == (2,)
+    expected_fg = sum(int(raw_binary(m).sum()) for _, _, m in dm.train_pairs)
+    assert counts[1] == expected_fg and counts.sum() == len(dm.train_pairs) * 256 * 256
+    assert 0.05 < counts[1] / counts.sum() < 0.3  # polyps are a minority class
+
+
+def test_kvasir_jpg_masks_fail_a_value_map_naming_the_file():
+    mask_path = sorted((shared_path("seg_kvasir") / "masks").iterdir())[0]
+    with pytest.raises(DataError) as err:
+        MaskDecoder(2, value_map={0: 0, 255: 1}).decode(mask_path)
+    message = str(err.value)
+    assert str(mask_path) in message and "unexpected value" in message and "[0, 255]" in message
+    noisy = sorted(set(np.unique(cv2.imread(str(mask_path), cv2.IMREAD_GRAYSCALE)).tolist()) - {0, 255})
+    assert str(noisy[0]) in message
+
+    # The datamodule checks every mask in setup(), before any training.
+    dm = SegFolderDataModule(shared_path("seg_kvasir_tiny"), num_classes=2, value_map={0: 0, 255: 1})
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    assert "masks/cju0qkwl35piu0993l0dewei2.jpg" in str(err.value) and "unexpected value" in str(err.value)
+
+
+@pytest.mark.parametrize("eval_max_size", [None, 512])
+def test_kvasir_tiny_goes_through_the_padded_eval_loader(eval_max_size):
+    root = shared_path("seg_kvasir_tiny")
+    dm = SegFolderDataModule(root, num_classes=2, threshold=127, val_root=root, eval_batch_size=2,
+                             eval_max_size=eval_max_size)
+    dm.setup()
+    pairs = dm.val_pairs
+    assert len(pairs) == 5
+    seen = 0
+    for batch in dm.val_dataloader():
+        b, _, hp, wp = batch["image"].shape
+        assert hp % 32 == 0 and wp % 32 == 0
+        assert batch["mask"].dtype == torch.int64 and batch["image_hw"].dtype == torch.int64
+        assert tuple(batch["mask"].shape[1:]) == tuple(batch["mask_hw"].max(0).values.tolist())
+        for i in range(b):
+            _, _, mask_path = pairs[int(batch["index"][i])]
+            expected = raw_binary(mask_path)
+            mh, mw = batch["mask_hw"][i].tolist()
+            ih, iw = batch["image_hw"][i].tolist()
+            assert (mh, mw) == expected.shape  # scored at the original resolution
+            if eval_max_size is None:
+                assert (ih, iw) == (mh, mw)
+            else:
+                assert max(ih, iw) == min(eval_max_size, max(mh, mw))
+                assert abs(ih / iw - mh / mw) < 0.01
+            np.testing.assert_array_equal(batch["mask"][i, :mh, :mw].numpy(), expected)
+            assert (batch["mask"][i, mh:] == 255).all() and (batch["mask"][i, :, mw:] == 255).all()
+            assert (batch["image"][i, :, ih:] == 0).all() and (batch["image"][i, :, :, iw:] == 0).all()
+            seen += 1
+    assert seen == 5
+
+
+# ---------------------------------------------------------------------------------- pairing and decoding errors
+def test_pairing_pairs_by_stem_in_id_order(tmp_path):
+    root = write_folder(tmp_path, {"b": simple_pair(), "a": simple_pair()}, image_ext=".jpg", mask_ext=".png")
+    (root / "images" / "notes.txt").write_text("not an image")
+    pairs = pair_folder(root)
+    assert [p[0] for p in pairs] == ["a", "b"]
+    assert pairs[0][1].name == "a.jpg" and pairs[0][2].name == "a.png"
+
+
+def test_image_without_mask_is_named(tmp_path):
+    root = write_folder(tmp_path, {"a": simple_pair(), "b": simple_pair(), "lonely": (simple_pair()[0], None)})
+    with pytest.raises(DataError) as err:
+        pair_folder(root)
+    assert "lonely.png" in str(err.value) and "have no mask" in str(err.value) and "(1)" in str(err.value)
+
+
+def test_mask_without_image_is_named(tmp_path):
+    root = write_folder(tmp_path, {"a": simple_pair(), "orphan": (None, simple_pair()[1])})
+    with pytest.raises(DataError) as err:
+        pair_folder(root)
+    assert "orphan.png" in str(err.value) and "have no image" in str(err.value)
+
+
+def test_duplicated_stems_and_missing_folders_are_errors(tmp_path):
+    root = write_folder(tmp_path / "dup", {"a": simple_pair()})
+    cv2.imwrite(str(root / "images" / "a.jpg"), simple_pair()[0])
+    with pytest.raises(DataError) as err:
+        pair_folder(root)
+    assert "a.jpg and a.png" in str(err.value)
+    with pytest.raises(DataError) as err:
+        pair_folder(tmp_path / "nowhere")
+    assert "nowhere/images" in str(err.value) and "not found" in str(err.value)
+
+
+def test_size_mismatch_names_both_files_and_sizes(tmp_path):
+    image, _ = simple_pair(20, 30)
+    _, mask = simple_pair(20, 31)
+    root = write_folder(tmp_path, {f"ok{i}": simple_pair() for i in range(4)} | {"bad": (image, mask)})
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1})
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert "images/bad.png" in message and "masks/bad.png" in message
+    assert "(20, 30)" in message and "(20, 31)" in message
+
+
+def test_value_not_in_the_map_names_the_file_and_the_values(tmp_path):
+    items = {f"ok{i}": simple_pair() for i in range(4)}
+    items["odd"] = simple_pair(value=5)
+    root = write_folder(tmp_path, items)
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1})
+    with pytest.raises(DataError) as err:
+        dm.setup()
+    message = str(err.value)
+    assert "masks/odd.png" in message and "unexpected value(s) 5" in message and "keys [0, 1]" in message
+    assert "ok0" not in message
+
+
+def test_value_map_to_ignore_and_colour_masks(tmp_path):
+    mask = np.array([[0, 7, 26], [26, 0, 7]], np.uint8)  # Cityscapes-like label ids
+    cv2.imwrite(str(tmp_path / "m.png"), mask)
+    decoded = MaskDecoder(3, value_map={0: 255, 7: 0, 26: 2}).decode(tmp_path / "m.png")
+    assert decoded.dtype == np.uint8
+    np.testing.assert_array_equal(decoded, [[255, 0, 2], [2, 255, 0]])
+    # A gray mask saved as 3 equal channels is gray; a colour mask is an error naming the file.
+    cv2.imwrite(str(tmp_path / "gray3.png"), np.repeat(mask[:, :, None], 3, axis=2))
+    np.testing.assert_array_equal(MaskDecoder(3, value_map={0: 255, 7: 0, 26: 2}).decode(tmp_path / "gray3.png"), decoded)
+    colour = np.zeros((2, 3, 3), np.uint8)
+    colour[0, 0] = (0, 0, 128)
+    cv2.imwrite(str(tmp_path / "colour.png"), colour)
+    with pytest.raises(DataError, match="colour.png: the mask is a colour image"):
+        MaskDecoder(3, value_map={0: 0}).decode(tmp_path / "colour.png")
+
+
+@pytest.mark.parametrize(
+    "kwargs, words",
+    [
+        (dict(num_classes=2), "exactly one of value_map"),
+        (dict(num_classes=2, value_map={0: 0}, threshold=127), "exactly one of value_map"),
+        (dict(num_classes=2, value_map={0: 0, 255: 2}), "value_map maps to class ids outside [0, 2)"),
+        (dict(num_classes=3, threshold=127), "num_classes must be 2"),
+        (dict(num_classes=2, threshold=127, ignore_index=1), "ignore_index"),
+    ],
+)
+def test_bad_decoder_options_are_value_errors(kwargs, words):
+    with pytest.raises(ValueError) as err:
+        MaskDecoder(**kwargs)
+    assert words in str(err.value)
+
+
+def test_datamodule_options_checked_at_construction(tmp_path):
+    with pytest.raises(ValueError, match="class_names has 1 names"):
+        SegFolderDataModule(tmp_path, num_classes=2, class_names=["bg"], threshold=127)
+    dm = SegFolderDataModule(tmp_path, num_classes=3, value_map={0: 0, 1: 1, 2: 2})
+    assert dm.class_names == ["background", "class1", "class2"]
+    with pytest.raises(RuntimeError, match="call setup"):
+        dm.dataset_meta
+
+
+# ---------------------------------------------------------------------------------- train transform
+def squares_sample(h=180, w=260, seed=0) -> tuple[np.ndarray, np.ndarray]:
+    """Dark image with bright rectangles; the mask is 1 exactly where the image is bright."""
+    rng = np.random.default_rng(seed)
+    image = np.full((h, w, 3), 0.1, np.float32)
+    mask = np.zeros((h, w), np.uint8)
+    for _ in range(4):
+        y, x = rng.integers(0, h - 40), rng.integers(0, w - 40)
+        sh, sw = rng.integers(15, 40, size=2)
+        image[y : y + sh, x : x + sw] = 0.9
+        mask[y : y + sh, x : x + sw] = 1
+    return image, mask
+
+
+def test_train_transform_keeps_image_and_mask_aligned():
+    image, mask = squares_sample()
+    tf = SegTrainTransform(crop_size=(128, 160), scale=(0.5, 2.0), brightness=0, contrast=0, saturation=0)
+    rng = np.random.default_rng(1)
+    flips = 0
+    for _ in range(30):
+        params = tf.sample_params(rng)
+        flips += params.flip
+        out = tf(image, mask, params=params)
+        assert out["image"].shape == (3, 128, 160) and out["image"].dtype == torch.float32
+        assert out["mask"].shape == (128, 160) and out["mask"].dtype == torch.int64
+        m = out["mask"].numpy()
+        bright = denormalise(out["image"])[:, :, 0] > 0.5
+        valid = m != 255
+        # Away from the rectangles' edges and the crop's border (2 px bands), the mask is exactly
+        # where the image is bright.
+        fg = (m == 1).astype(np.uint8)
+        kernel = np.ones((5, 5), np.uint8)
+        band = cv2.dilate(fg, kernel) != cv2.erode(fg, kernel)
+        inner = cv2.erode(valid.astype(np.uint8), kernel, borderType=cv2.BORDER_CONSTANT, borderValue=0) > 0
+        check = inner & ~band
+        assert check.sum() > 1000
+        np.testing.assert_array_equal(bright[check], m[check] == 1)
+        # Padding (scale < crop) is ignore in the mask and 0 (the mean colour) in the image.
+        assert (out["image"].numpy()[:, ~valid] == 0).all()
+    assert 5 < flips < 25
+
+
+def test_train_masks_keep_their_values_nearest_neighbour():
+    rng = np.random.default_rng(0)
+    mask = rng.choice(np.array([0, 3, 7], np.uint8), size=(97, 131))
+    image = rng.random((97, 131, 3), dtype=np.float32)
+    tf = SegTrainTransform(crop_size=(120, 100), scale=(0.6, 1.7))
+    seen = set()
+    for _ in range(20):
+        out = tf(image, mask, rng=rng)
+        seen |= set(np.unique(out["mask"].numpy()).tolist())
+        img = denormalise(out["image"])
+        valid = out["mask"].numpy() != 255
+        assert img[valid].min() >= -1e-5 and img[valid].max() <= 1 + 1e-5  # jitter clipped to [0, 1]
+    assert seen == {0, 3, 7, 255}
+
+
+def test_train_crop_without_rescale_is_an_exact_window_and_flip_mirrors():
+    image, mask = squares_sample(100, 120)
+    tf = SegTrainTransform(crop_size=(64, 80), brightness=0, contrast=0, saturation=0)
+    params = SegAugmentParams(scale=1.0, crop_y=0.5, crop_x=0.999, flip=False)
+    out = tf(image, mask, params=params)
+    y0, x0 = int(0.5 * (100 - 64 + 1)), 120 - 80
+    np.testing.assert_allclose(denormalise(out["image"]), image[y0 : y0 + 64, x0 : x0 + 80], atol=1e-6)
+    np.testing.assert_array_equal(out["mask"].numpy(), mask[y0 : y0 + 64, x0 : x0 + 80])
+    flipped = tf(image, mask, params=SegAugmentParams(scale=1.0, crop_y=0.5, crop_x=0.999, flip=True))
+    torch.testing.assert_close(flipped["image"], out["image"].flip(-1))
+    torch.testing.assert_close(flipped["mask"], out["mask"].flip(-1))
+    # The same generator state gives the same sample (tests can pin the draw).
+    a = tf(image, mask, rng=np.random.default_rng(5))
+    b = tf(image, mask, rng=np.random.default_rng(5))
+    torch.testing.assert_close(a["image"], b["image"])
+    torch.testing.assert_close(a["mask"], b["mask"])
+
+
+def test_train_padding_when_the_image_is_smaller_than_the_crop():
+    image, mask = squares_sample(50, 60)
+    tf = SegTrainTransform(crop_size=(64, 64), brightness=0, contrast=0, saturation=0)
+    out = tf(image, mask, params=SegAugmentParams(scale=1.0, crop_y=0.7, crop_x=0.3))
+    m = out["mask"].numpy()
+    np.testing.assert_array_equal(m[:50, :60], mask)
+    assert (m[50:] == 255).all() and (m[:, 60:] == 255).all()
+    assert (out["image"][:, 50:] == 0).all() and (out["image"][:, :, 60:] == 0).all()
+
+
+# ---------------------------------------------------------------------------------- eval transform, collate
+def test_eval_transform_never_resizes_the_mask():
+    rng = np.random.default_rng(0)
+    image = rng.random((300, 500, 3), dtype=np.float32)
+    mask = rng.integers(0, 3, size=(300, 500), dtype=np.uint8)
+    small = SegEvalTransform(max_size=256)(image, mask)
+    assert small["image"].shape == (3, 154, 256)  # 300 * 256 / 500 = 153.6
+    assert small["image_hw"].tolist() == [154, 256] and small["mask_hw"].tolist() == [300, 500]
+    np.testing.assert_array_equal(small["mask"].numpy(), mask)
+    for max_size in (None, 500, 800):
+        full = SegEvalTransform(max_size=max_size)(image, mask)
+        assert full["image_hw"].tolist() == [300, 500]
+        np.testing.assert_allclose(denormalise(full["image"]), image, atol=1e-6)
+        np.testing.assert_array_equal(full["mask"].numpy(), mask)
+
+
+def test_pad_collate_pads_images_to_multiples_and_masks_with_ignore():
+    rng = np.random.default_rng(0)
+    tf = SegEvalTransform(max_size=90)
+    items = []
+    for h, w in ((100, 150), (130, 70)):
+        image = rng.random((h, w, 3), dtype=np.float32)
+        mask = rng.integers(0, 2, size=(h, w), dtype=np.uint8)
+        items.append(tf(image, mask) | {"index": torch.tensor(len(items))})
+    batch = pad_collate(items)
+    assert batch["image"].shape == (2, 3, 96, 96)  # images (60, 90) and (90, 48): max (90, 90) -> 96
+    assert batch["mask"].shape == (2, 130, 150)
+    assert batch["image_hw"].tolist() == [[60, 90], [90, 48]] and batch["mask_hw"].tolist() == [[100, 150], [130, 70]]
+    assert batch["index"].tolist() == [0, 1]
+    for i, item in enumerate(items):
+        (ih, iw), (mh, mw) = item["image_hw"].tolist(), item["mask_hw"].tolist()
+        torch.testing.assert_close(batch["image"][i, :, :ih, :iw], item["image"])
+        torch.testing.assert_close(batch["mask"][i, :mh, :mw], item["mask"])
+        assert (batch["mask"][i, mh:] == 255).all() and (batch["mask"][i, :, mw:] == 255).all()
+        assert (batch["image"][i, :, ih:] == 0).all() and (batch["image"][i, :, :, iw:] == 0).all()
+
+    # Training crops have no sizes: both are the crop size.
+    train = SegTrainTransform(crop_size=(40, 50))
+    crops = [train(rng.random((60, 60, 3), dtype=np.float32), np.zeros((60, 60), np.uint8), rng=rng) for _ in range(3)]
+    batch = pad_collate(crops)
+    assert batch["image"].shape == (3, 3, 64, 64) and batch["mask"].shape == (3, 40, 50)
+    assert batch["image_hw"].tolist() == [[40, 50]] * 3 and batch["mask_hw"].tolist() == [[40, 50]] * 3
+
+
+# ---------------------------------------------------------------------------------- splits
+def folder_of(root: Path, ids: list[str]) -> Path:
+    return write_folder(root, {i: simple_pair(16, 16) for i in ids})
+
+
+def test_seeded_split_is_deterministic_disjoint_and_independent_of_the_global_seed(tmp_path):
+    ids = [f"img{i:02d}" for i in range(30)]
+    root = folder_of(tmp_path, ids)
+
+    def splits(seed: int, global_seed: int):
+        torch.manual_seed(global_seed)
+        np.random.seed(global_seed)
+        dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, split_seed=seed,
+                                 val_fraction=0.2, test_fraction=0.1)
+        dm.setup()
+        return tuple([p[0] for p in pairs] for pairs in (dm.train_pairs, dm.val_pairs, dm.test_pairs))
+
+    train, val, test = splits(0, 1)
+    assert (len(train), len(val), len(test)) == (21, 6, 3)
+    assert set(train) | set(val) | set(test) == set(ids)
+    assert not (set(train) & set(val)) and not (set(train) & set(test)) and not (set(val) & set(test))
+    assert splits(0, 2) == (train, val, test)
+    assert splits(1, 1) != (train, val, test)
+    assert split_three(30, 0.2, 0.1, 0) == split_three(30, 0.2, 0.1, 0)
+    # The test part depends only on the seed and test_fraction.
+    assert split_three(30, 0.3, 0.1, 0)[2] == split_three(30, 0.2, 0.1, 0)[2]
+
+
+def test_val_and_test_roots_are_respected(tmp_path):
+    root = folder_of(tmp_path / "train", [f"t{i}" for i in range(10)])
+    val_root = folder_of(tmp_path / "val", ["v0", "v1", "v2"])
+    test_root = folder_of(tmp_path / "test", ["x0", "x1"])
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, val_root=val_root, test_root=test_root)
+    dm.setup()
+    assert [p[0] for p in dm.train_pairs] == [f"t{i}" for i in range(10)]
+    assert [p[0] for p in dm.val_pairs] == ["v0", "v1", "v2"]
+    assert [p[0] for p in dm.test_pairs] == ["x0", "x1"] and dm.test_split_name == "test"
+    assert dm.class_pixel_counts.tolist() == [10 * (256 - 16), 10 * 16]
+
+    # val_root only: the test split comes from root; test_fraction 0: test is the val split.
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, val_root=val_root, test_fraction=0.2)
+    dm.setup()
+    assert len(dm.train_pairs) == 8 and len(dm.test_pairs) == 2 and dm.test_pairs[0][0].startswith("t")
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, test_fraction=0.0)
+    dm.setup()
+    assert dm.test_split_name == "val" and dm.test_pairs == dm.val_pairs
+
+
+def test_train_loader_batches_crops(tmp_path):
+    root = write_folder(tmp_path, {f"i{k}": simple_pair(40 + k, 50) for k in range(6)})
+    dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, crop_size=(48, 40), batch_size=4,
+                             val_fraction=0.2, test_fraction=0.0)
+    dm.setup()
+    batch = next(iter(dm.train_dataloader()))
+    assert batch["image"].shape == (4, 3, 64, 64) and batch["image"].dtype == torch.float32
+    assert batch["mask"].shape == (4, 48, 40) and batch["mask"].dtype == torch.int64
+    assert set(torch.unique(batch["mask"]).tolist()) <= {0, 1, 255}
+    assert sorted(batch["index"].tolist()) == sorted(set(batch["index"].tolist()))

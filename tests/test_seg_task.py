@@ -1,0 +1,140 @@
+"""The segmentation task: whole-image and sliding-window inference at the original resolution, the
+HRNetV2 head choice, and a tiny run end to end with eval reproducing the logged validation mIoU."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import pytest
+import torch
+
+from hrexp.losses.segmentation import SegmentationLoss
+from hrexp.metrics.segmentation import SegmentationMetrics
+from hrexp.models.heads import HeatmapHead
+from hrexp.tasks.segmentation import SegmentationTask
+from hrexp.training.build import ConfigError, build_module
+from tests.conftest import shared_path
+from tests.test_train_e2e import run_script
+
+META = {"num_classes": 3, "class_names": ["bg", "a", "b"], "ignore_index": 255}
+
+
+def _task(**kw) -> SegmentationTask:
+    return SegmentationTask(lambda **k: HeatmapHead(**k), SegmentationLoss(), [{"num_chs": 4, "reduction": 4}], META, **kw)
+
+
+def pixelwise(x: torch.Tensor) -> torch.Tensor:
+    """A 'network' without context at stride 1: the logits are the first 3 input channels."""
+    return x[:, :3]
+
+
+def _batch(sizes, mask_sizes=None):
+    torch.manual_seed(0)
+    mask_sizes = mask_sizes or sizes
+    hp = max(-(-h // 32) * 32 for h, _ in sizes)
+    wp = max(-(-w // 32) * 32 for _, w in sizes)
+    hm, wm = max(h for h, _ in mask_sizes), max(w for _, w in mask_sizes)
+    image = torch.zeros(len(sizes), 3, hp, wp)
+    mask = torch.full((len(sizes), hm, wm), 255, dtype=torch.long)
+    for i, ((h, w), (mh, mw)) in enumerate(zip(sizes, mask_sizes)):
+        image[i, :, :h, :w] = torch.randn(3, h, w)
+        mask[i, :mh, :mw] = torch.randint(0, 3, (mh, mw))
+    return {"image": image, "mask": mask, "image_hw": torch.tensor(sizes), "mask_hw": torch.tensor(mask_sizes),
+            "index": torch.arange(len(sizes))}
+
+
+def test_whole_image_logits_are_cropped_to_each_original_size():
+    batch = _batch([(40, 70), (64, 33)])
+    out = _task().eval_outputs(pixelwise, batch)
+    assert out.shape == (2, 3, 64, 70)
+    torch.testing.assert_close(out[0, :, :40, :70], batch["image"][0, :, :40, :70])
+    torch.testing.assert_close(out[1, :, :64, :33], batch["image"][1, :, :64, :33])
+    assert (out[0, :, 40:] == 0).all()  # padding: masked out by the ignore index
+
+
+def test_sliding_windows_equal_whole_image_inference_for_a_context_free_model():
+    batch = _batch([(100, 150)])
+    whole = _task().eval_outputs(pixelwise, batch)
+    calls = []
+
+    def counting(x):
+        calls.append(tuple(x.shape[-2:]))
+        return pixelwise(x)
+
+    sliding = _task(sliding_window={"size": [64, 64], "stride": [32, 48]}).eval_outputs(counting, batch)
+    torch.testing.assert_close(sliding, whole)
+    # rows start at 0, 32 and 36 (flush with 100); columns at 0, 48 and 86 (flush with 150)
+    assert set(calls) == {(64, 64)} and len(calls) == 3 * 3
+    with pytest.raises(ValueError, match="multiples of 32"):
+        _task(sliding_window={"size": [60, 64]})
+
+
+def test_down_sized_images_are_scored_at_the_mask_resolution():
+    # the image was shrunk 2x for the network; logits come back at the mask's 64 x 96
+    batch = _batch([(32, 48)], mask_sizes=[(64, 96)])
+    task = _task()
+    out = task.eval_outputs(pixelwise, batch)
+    assert out.shape == (1, 3, 64, 96)
+    expected = torch.nn.functional.interpolate(batch["image"][:, :, :32, :48], size=(64, 96), mode="bilinear",
+                                               align_corners=False)
+    torch.testing.assert_close(out, expected)
+    # metrics see exactly the argmax at the mask resolution, padding excluded
+    task.update_metrics("val", task.predict(out, batch), batch)
+    ours = task.compute_metrics("val")
+    ref = SegmentationMetrics(3, class_names=["bg", "a", "b"])
+    ref.update(expected.argmax(1), batch["mask"], batch["index"])
+    assert ours["val/mIoU"] == pytest.approx(float(ref.compute()["mIoU"]))
+
+
+def test_segmentation_uses_the_hrnetv2_head_with_480_channels_for_w32(compose_cfg):
+    cfg = compose_cfg(["task=segmentation", "data=kvasir", "model=hrnet_w32", "data.crop_size=[96,96]"])
+    assert cfg.task.head._target_.endswith("HRNetV2Head")
+    assert compose_cfg(["task=segmentation", "data=kvasir", "head=heatmap"]).task.head._target_.endswith("HeatmapHead")
+
+    class Meta:
+        dataset_meta = {"num_classes": 2, "class_names": ["background", "polyp"], "ignore_index": 255}
+
+    module = build_module(cfg, Meta())
+    assert module.task.head.in_channels == 32 + 64 + 128 + 256
+    cfg = compose_cfg(["task=segmentation", "data=kvasir", "data.crop_size=[100,96]"])
+    with pytest.raises(ConfigError, match=r"data.crop_size=\[100, 96\]: each side must be a multiple of 32"):
+        build_module(cfg, Meta())
+
+
+@pytest.fixture(scope="module")
+def seg_run(tmp_path_factory, cache_dir):
+    kvasir = shared_path("seg_kvasir")
+    run_dir = tmp_path_factory.mktemp("seg") / "run"
+    args = [
+        "model=hrnet_w18", "task=segmentation", "data=kvasir", f"data.root={kvasir}", "data.crop_size=[64,64]",
+        "data.eval_max_size=64", "data.num_workers=0", "trainer.max_epochs=2", "trainer.limit_train_batches=2",
+        "trainer.limit_val_batches=6", "trainer.limit_test_batches=4", "trainer.num_sanity_val_steps=0",
+        "scheduler=poly", "seed=0", f"hydra.run.dir={run_dir}",
+    ]
+    run_script("train.py", args, cache_dir)
+    return run_dir
+
+
+def test_segmentation_run_logs_miou_dice_and_keeps_three_checkpoints(seg_run):
+    names = sorted(p.name for p in (seg_run / "checkpoints").glob("*.ckpt"))
+    assert any(n.startswith("best-val_mIoU-") for n in names) and any(n.startswith("best-val_loss-") for n in names)
+    assert "last.ckpt" in names
+    with open(seg_run / "csv" / "metrics.csv") as fh:
+        rows = [r for r in csv.DictReader(fh) if r.get("val/mIoU")]
+    assert len(rows) == 2
+    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/iou_background", "val/iou_polyp", "val/loss"):
+        assert all(0.0 <= float(r[key]) for r in rows), key
+    record = json.loads((seg_run / "results.json").read_text())
+    assert record["dataset_meta"]["class_names"] == ["background", "polyp"]
+    assert record["best"]["val/mIoU"]["value"] == pytest.approx(max(float(r["val/mIoU"]) for r in rows))
+
+
+def test_eval_from_the_best_miou_checkpoint_reproduces_the_logged_value(seg_run, cache_dir, tmp_path):
+    record = json.loads((seg_run / "results.json").read_text())
+    ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
+    out = tmp_path / "eval"
+    run_script("eval.py", [f"ckpt_path={ckpt}", "split=val", "trainer.limit_test_batches=6", f"hydra.run.dir={out}"],
+               cache_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["val/mIoU"] == pytest.approx(record["best"]["val/mIoU"]["value"], abs=1e-9)
