@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import logging
 import math
+from typing import Callable
 
 from torch.optim import Optimizer
 from torch.optim.lr_scheduler import LambdaLR
@@ -20,6 +21,36 @@ def _warmup_steps(warmup_epochs: float, warmup_steps: int | None, steps_per_epoc
     if warmup_steps is not None:
         return int(warmup_steps)
     return int(round(warmup_epochs * steps_per_epoch))
+
+
+def _warmup_then_decay(
+    optimizer: Optimizer, total_steps: int, warm: int, min_lr: float, shape: Callable[[float], float]
+) -> LambdaLR:
+    """Linear warmup over ``warm`` steps, then ``min_lr + (base - min_lr) * shape(progress)``.
+
+    ``progress = (s - W) / max(1, T - W)`` runs from 0 to 1 over the decay; ``shape`` maps it to
+    the decay curve (1 at 0, 0 at 1). Every param group decays from its own ``lr``.
+    """
+    if warm < 0:
+        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
+    if total_steps > 0 and warm >= total_steps:
+        # Warmup longer than the run would never reach the peak lr: clip it, keeping one decay step.
+        log.warning("scheduler: warmup of %d steps >= the run's %d steps; clipped to %d", warm, total_steps, total_steps - 1)
+        warm = max(0, total_steps - 1)
+    decay = max(1, total_steps - warm)
+
+    def factor_for(base_lr: float):
+        floor = min_lr / base_lr if base_lr > 0 else 0.0
+
+        def factor(step: int) -> float:
+            if step < warm:
+                return (step + 1) / warm
+            progress = min(1.0, (step - warm) / decay)
+            return floor + (1.0 - floor) * shape(progress)
+
+        return factor
+
+    return LambdaLR(optimizer, [factor_for(g["lr"]) for g in optimizer.param_groups])
 
 
 def warmup_cosine(
@@ -48,27 +79,10 @@ def warmup_cosine(
     Raises:
         ValueError: on a negative warmup, or a warmup not shorter than the run.
     """
-    warm = _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch)
-    if warm < 0:
-        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
-    if total_steps > 0 and warm >= total_steps:
-        # Warmup longer than the run would never reach the peak lr: clip it, keeping one decay step.
-        log.warning("scheduler: warmup of %d steps >= the run's %d steps; clipped to %d", warm, total_steps, total_steps - 1)
-        warm = max(0, total_steps - 1)
-    decay = max(1, total_steps - warm)
-
-    def factor_for(base_lr: float):
-        floor = min_lr / base_lr if base_lr > 0 else 0.0
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            progress = min(1.0, (step - warm) / decay)
-            return floor + (1.0 - floor) * 0.5 * (1.0 + math.cos(math.pi * progress))
-
-        return factor
-
-    return LambdaLR(optimizer, [factor_for(g["lr"]) for g in optimizer.param_groups])
+    return _warmup_then_decay(
+        optimizer, total_steps, _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch), min_lr,
+        lambda progress: 0.5 * (1.0 + math.cos(math.pi * progress)),
+    )
 
 
 def constant(optimizer: Optimizer, *, total_steps: int, steps_per_epoch: int) -> LambdaLR:
@@ -105,23 +119,7 @@ def poly(
     """
     if not power > 0:
         raise ValueError(f"scheduler.power must be > 0, got {power}")
-    warm = _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch)
-    if warm < 0:
-        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
-    if total_steps > 0 and warm >= total_steps:
-        log.warning("scheduler: warmup of %d steps >= the run's %d steps; clipped to %d", warm, total_steps, total_steps - 1)
-        warm = max(0, total_steps - 1)
-    decay = max(1, total_steps - warm)
-
-    def factor_for(base_lr: float):
-        floor = min_lr / base_lr if base_lr > 0 else 0.0
-
-        def factor(step: int) -> float:
-            if step < warm:
-                return (step + 1) / warm
-            remaining = max(0.0, 1.0 - (step - warm) / decay)
-            return floor + (1.0 - floor) * remaining**power
-
-        return factor
-
-    return LambdaLR(optimizer, [factor_for(g["lr"]) for g in optimizer.param_groups])
+    return _warmup_then_decay(
+        optimizer, total_steps, _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch), min_lr,
+        lambda progress: (1.0 - progress) ** power,
+    )
