@@ -89,7 +89,8 @@ def _index_of(value: Any, names: Sequence[str], where: str) -> int:
     raise DataError(f"{where}: expected a keypoint name or 0-based index, got {value!r}")
 
 
-def _pairs(raw: Any, names: Sequence[str], where: str) -> tuple[tuple[int, int], ...]:
+def parse_pairs(raw: Any, names: Sequence[str], where: str) -> tuple[tuple[int, int], ...]:
+    """Index pairs from pairs of keypoint names or 0-based indices; ``where`` names the field in messages."""
     if raw is None:
         return ()
     if not isinstance(raw, (list, tuple)):
@@ -103,6 +104,15 @@ def _pairs(raw: Any, names: Sequence[str], where: str) -> tuple[tuple[int, int],
             raise DataError(f"{where}[{n}]: a pair needs two different keypoints, got {pair!r}")
         out.append((a, b))
     return tuple(out)
+
+
+def parse_flip_pairs(raw: Any, names: Sequence[str], where: str) -> tuple[tuple[int, int], ...]:
+    """Flip pairs (see :func:`parse_pairs`); a keypoint may belong to one pair only."""
+    pairs = parse_pairs(raw, names, where)
+    used = [i for pair in pairs for i in pair]
+    if len(used) != len(set(used)):
+        raise DataError(f"{where}: a keypoint appears in more than one pair")
+    return pairs
 
 
 def build_meta(raw: Mapping[str, Any], source: str, index_base: int = 0) -> KeypointMeta:
@@ -124,10 +134,7 @@ def build_meta(raw: Mapping[str, Any], source: str, index_base: int = 0) -> Keyp
     if duplicates:
         raise DataError(f"{source}: field names: duplicate keypoint names {duplicates}")
 
-    flip_pairs = _pairs(raw.get("flip_pairs"), names, f"{source}: field flip_pairs")
-    used = [i for pair in flip_pairs for i in pair]
-    if len(used) != len(set(used)):
-        raise DataError(f"{source}: field flip_pairs: a keypoint appears in more than one pair")
+    flip_pairs = parse_flip_pairs(raw.get("flip_pairs"), names, f"{source}: field flip_pairs")
 
     sigmas_raw = raw.get("sigmas") or []
     if not isinstance(sigmas_raw, (list, tuple)):
@@ -145,7 +152,7 @@ def build_meta(raw: Mapping[str, Any], source: str, index_base: int = 0) -> Keyp
     skeleton_raw = raw.get("skeleton") or []
     if index_base and skeleton_raw:
         skeleton_raw = [[p - index_base if isinstance(p, int) else p for p in pair] for pair in skeleton_raw]
-    skeleton = _pairs(skeleton_raw, names, f"{source}: field skeleton")
+    skeleton = parse_pairs(skeleton_raw, names, f"{source}: field skeleton")
 
     upper_raw = raw.get("upper_body") or []
     if not isinstance(upper_raw, (list, tuple)):

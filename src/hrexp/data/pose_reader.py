@@ -17,15 +17,14 @@ convention where they are used (:mod:`hrexp.data.topdown`).
 
 from __future__ import annotations
 
-import json as jsonlib
 import logging
-import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
+from hrexp.data.coco_json import is_number, keypoint_annotations, load_coco_file, load_json
 from hrexp.data.csv_reader import resolve_image_path
 from hrexp.data.keypoint_meta import KeypointMeta, merge_with_annotations
 from hrexp.data.records import DataError
@@ -78,23 +77,9 @@ class PoseSplit:
         return self.meta.num_keypoints
 
 
-def _load_json(path: Path) -> Any:
-    try:
-        with open(path, encoding="utf-8") as handle:
-            return jsonlib.load(handle)
-    except FileNotFoundError:
-        raise DataError(f"{path}: file not found") from None
-    except (OSError, UnicodeDecodeError, jsonlib.JSONDecodeError) as exc:
-        raise DataError(f"{path}: not a readable JSON file ({exc})") from None
-
-
-def _number(value: Any) -> bool:
-    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
-
-
 def _clip_box(bbox: Any, size_hw: tuple[int, int]) -> np.ndarray | None:
     """``(x, y, w, h)`` clipped to the image; None for a malformed or empty box."""
-    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(_number(v) for v in bbox)):
+    if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
         return None
     x, y, w, h = (float(v) for v in bbox)
     x1, y1 = max(0.0, x), max(0.0, y)
@@ -137,15 +122,9 @@ def read_pose_coco(
     """
     path = Path(path).absolute()
     source = str(path)
-    data = _load_json(path)
-    if not isinstance(data, dict):
-        raise DataError(f"{source}: expected a JSON object with images, annotations and categories")
-    for key in ("images", "annotations", "categories"):
-        if not isinstance(data.get(key), list):
-            raise DataError(f"{source}: field {key!r}: expected a list")
+    data = load_coco_file(path)
     category = _pick_category(data["categories"], category_id, source)
     meta = merge_with_annotations(metadata, category, source)
-    k = meta.num_keypoints
     base = Path(image_dir) if image_dir not in (None, "") else path.parent
 
     errors = ErrorCollector(source)
@@ -153,7 +132,7 @@ def read_pose_coco(
     gt_images = []
     for n, image in enumerate(data["images"]):
         ok = isinstance(image, dict) and "id" in image and image.get("file_name")
-        if not ok or not all(_number(image.get(f)) and image.get(f) > 0 for f in ("width", "height")):
+        if not ok or not all(is_number(image.get(f)) and image.get(f) > 0 for f in ("width", "height")):
             errors.add(f"images[{n}]", "expected an object with 'id', 'file_name', and positive 'width' and 'height'")
             continue
         image_path = resolve_image_path(str(image["file_name"]), base)
@@ -164,42 +143,23 @@ def read_pose_coco(
     instances: list[PoseInstance] = []
     gt_annotations = []
     skipped_box = 0
-    for n, ann in enumerate(data["annotations"]):
-        where = f"annotation id {ann.get('id')} (index {n})" if isinstance(ann, dict) else f"annotation index {n}"
-        if not isinstance(ann, dict):
-            errors.add(where, "expected an object")
-            continue
-        if ann.get("category_id", category["id"]) != category["id"]:
-            continue
-        if ann.get("image_id") not in images:
-            errors.add(where, f"field image_id: {ann.get('image_id')!r} is not in images")
-            continue
-        values = ann.get("keypoints")
-        if not isinstance(values, list) or len(values) != 3 * k:
-            got = len(values) if isinstance(values, list) else type(values).__name__
-            errors.add(where, f"field keypoints: expected {3 * k} values ({k} keypoints x [x, y, v]), got {got}")
-            continue
-        if not all(_number(v) for v in values):
-            errors.add(where, "field keypoints: expected finite numbers")
-            continue
-        image_path, size = images[ann["image_id"]]
-        flat = np.asarray(values, dtype=np.float64).reshape(k, 3)
-        visible = flat[:, 2] > 0
-        keypoints = np.where(visible[:, None], flat[:, :2], np.nan)
-        bbox = _clip_box(ann.get("bbox"), size)
-        crowd = int(bool(ann.get("iscrowd", 0)))
+    for n, where, ann, flat in keypoint_annotations(data, category["id"], images, meta.names, errors):
         raw_box = ann.get("bbox")
-        if not (isinstance(raw_box, (list, tuple)) and len(raw_box) == 4 and all(_number(v) for v in raw_box)):
+        if not (isinstance(raw_box, (list, tuple)) and len(raw_box) == 4 and all(is_number(v) for v in raw_box)):
             errors.add(where, f"field bbox: expected [x, y, w, h] numbers, got {raw_box!r}")
             continue
+        image_path, size = images[ann["image_id"]]
+        visible = flat[:, 2] > 0
+        keypoints = np.where(visible[:, None], flat[:, :2], np.nan)
+        crowd = int(bool(ann.get("iscrowd", 0)))
         area = ann.get("area")
-        if not _number(area) or area <= 0:
+        if not is_number(area) or area <= 0:
             area = float(raw_box[2]) * float(raw_box[3])
         gt_annotations.append({
             "id": ann.get("id", n + 1),
             "image_id": ann["image_id"],
             "category_id": category["id"],
-            "keypoints": [float(v) for v in values],
+            "keypoints": flat.ravel().tolist(),
             "num_keypoints": int(ann.get("num_keypoints", int(visible.sum()))),
             "area": float(area),
             "bbox": [float(v) for v in raw_box],
@@ -207,6 +167,7 @@ def read_pose_coco(
         })
         if crowd or not visible.any():
             continue
+        bbox = _clip_box(raw_box, size)
         if bbox is None:
             skipped_box += 1
             continue
@@ -246,7 +207,7 @@ def read_detections(path: str | Path, split: PoseSplit, score_threshold: float =
     ``score_threshold`` are dropped; the ground truth (what AP is computed against) is unchanged.
     """
     path = Path(path).absolute()
-    data = _load_json(path)
+    data = load_json(path, "detection file")
     if not isinstance(data, list):
         raise DataError(f"{path}: expected a list of detections [{{image_id, category_id, bbox, score}}, ...]")
     category_id = split.ground_truth["categories"][0]["id"]
@@ -254,7 +215,7 @@ def read_detections(path: str | Path, split: PoseSplit, score_threshold: float =
     errors = ErrorCollector(path)
     instances = []
     for n, det in enumerate(data):
-        if not isinstance(det, dict) or not _number(det.get("score")):
+        if not isinstance(det, dict) or not is_number(det.get("score")):
             errors.add(f"detection index {n}", "expected an object with image_id, bbox and a numeric score")
             continue
         if det.get("category_id", category_id) != category_id or det["image_id"] not in split.images:
