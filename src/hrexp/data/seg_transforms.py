@@ -24,7 +24,7 @@ import cv2
 import numpy as np
 import torch
 
-from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
+from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD, draw_uniform, scale_range
 
 # Luma weights of the saturation jitter (ITU-R 601, as torchvision's rgb_to_grayscale).
 _LUMA = np.array([0.299, 0.587, 0.114], dtype=np.float32)
@@ -108,9 +108,7 @@ class SegTrainTransform:
         self.crop_size = (int(crop_size[0]), int(crop_size[1]))
         if min(self.crop_size) < 1:
             raise ValueError(f"crop_size must be positive (height, width), got {tuple(crop_size)}")
-        self.scale = (float(scale[0]), float(scale[1]))
-        if self.scale[0] <= 0 or self.scale[0] > self.scale[1]:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {tuple(scale)}")
+        self.scale = scale_range(scale)
         self.flip = bool(flip)
         self.brightness = float(brightness)
         self.contrast = float(contrast)
@@ -130,9 +128,7 @@ class SegTrainTransform:
         """
 
         def uniform(low: float, high: float) -> float:
-            if rng is not None:
-                return float(rng.uniform(low, high))
-            return float(torch.empty((), dtype=torch.float64).uniform_(low, high))
+            return draw_uniform(low, high, rng)
 
         return SegAugmentParams(
             scale=uniform(*self.scale),

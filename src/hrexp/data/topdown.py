@@ -27,6 +27,7 @@ import torch
 from hrexp.data.transforms import (
     AugmentParams,
     LandmarkTransform,
+    draw_uniform,
     hflip_matrix,
     rotation,
     scaling,
@@ -128,13 +129,10 @@ class TopDownTransform(LandmarkTransform):
         if not self.train:
             return TopDownParams()
 
-        def uniform() -> float:
-            return float(rng.uniform()) if rng is not None else float(torch.rand((), dtype=torch.float64))
-
-        angle = base.angle if uniform() < self.rotation_prob else 0.0
+        angle = base.angle if draw_uniform(rng=rng) < self.rotation_prob else 0.0
         half = None
-        if uniform() < self.half_body_prob:
-            half = "upper" if uniform() < 0.5 else "lower"
+        if draw_uniform(rng=rng) < self.half_body_prob:
+            half = "upper" if draw_uniform(rng=rng) < 0.5 else "lower"
         return TopDownParams(angle=angle, scale=base.scale, flip=base.flip, brightness=base.brightness,
                              contrast=base.contrast, half_body=half)
 

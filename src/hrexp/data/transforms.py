@@ -132,6 +132,23 @@ def inside_image(points: np.ndarray, size_hw: Sequence[int]) -> np.ndarray:
         return (x >= -0.5) & (x < size_hw[1] - 0.5) & (y >= -0.5) & (y < size_hw[0] - 0.5)
 
 
+def draw_uniform(low: float = 0.0, high: float = 1.0, rng: np.random.Generator | None = None) -> float:
+    """One draw from ``U(low, high)``: from ``rng`` (tests), else from the torch global generator,
+    which DataLoader seeds differently in every worker and Lightning's ``seed_everything`` seeds in
+    the main process."""
+    if rng is not None:
+        return float(rng.uniform(low, high))
+    return float(torch.empty((), dtype=torch.float64).uniform_(low, high))
+
+
+def scale_range(scale: Sequence[float]) -> tuple[float, float]:
+    """A random-scale option ``(min, max)``, checked: ``0 < min <= max``."""
+    low, high = float(scale[0]), float(scale[1])
+    if low <= 0 or low > high:
+        raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {tuple(scale)}")
+    return low, high
+
+
 @dataclass
 class AugmentParams:
     """The random draw of one sample (identity by default)."""
@@ -178,9 +195,7 @@ class LandmarkTransform:
         self.keep_aspect = bool(keep_aspect)
         self.train = bool(train)
         self.rotation = float(rotation)
-        self.scale = (float(scale[0]), float(scale[1]))
-        if self.scale[0] <= 0 or self.scale[0] > self.scale[1]:
-            raise ValueError(f"scale must be (min, max) with 0 < min <= max, got {tuple(scale)}")
+        self.scale = scale_range(scale)
         self.flip_pairs = [(int(a), int(b)) for a, b in flip_pairs]
         if flip and not self.flip_pairs:
             raise ValueError("flip=True needs flip_pairs: without them a flipped left landmark would keep its label")
@@ -200,9 +215,7 @@ class LandmarkTransform:
             return AugmentParams()
 
         def uniform(low: float, high: float) -> float:
-            if rng is not None:
-                return float(rng.uniform(low, high))
-            return float(torch.empty((), dtype=torch.float64).uniform_(low, high))
+            return draw_uniform(low, high, rng)
 
         return AugmentParams(
             angle=uniform(-self.rotation, self.rotation),
