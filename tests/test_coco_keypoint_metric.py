@@ -6,8 +6,6 @@ import contextlib
 import io
 import json
 import math
-import os
-import socket
 from pathlib import Path
 
 import numpy as np
@@ -17,6 +15,7 @@ from pycocotools.coco import COCO
 from pycocotools.cocoeval import COCOeval
 
 from hrexp.metrics.coco_keypoints import STAT_NAMES, CocoKeypointAP, oks_nms
+from tests.ddp_helpers import run_on_two_ranks
 
 # COCO's 17 person sigmas: test data only, the metric must not know them.
 COCO_SIGMAS = [s / 10 for s in (.26, .25, .25, .35, .35, .79, .79, .72, .72, .62, .62, 1.07, 1.07, .87, .87, .89, .89)]
@@ -188,32 +187,22 @@ def test_duplicate_indices_are_counted_once(coco_gt):
     assert changed != run_metric(coco_gt, COCO_SIGMAS, [preds], oks_nms_threshold=None)
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, gt: dict, preds: dict, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        n = len(preds["index"])
-        sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=False)
-        rows = list(sampler)
-        out = {}
-        for nms in (0.9, None):  # without NMS an exact duplicate would count; with it, the default
-            metric = metric_for(gt, COCO_SIGMAS, oks_nms_threshold=nms)
-            metric.update(**take(preds, rows[:4]))
-            metric.update(**take(preds, rows[4:]))
-            out[str(nms)] = {key: float(value) for key, value in metric.compute().items()}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"rows": rows, "metrics": out}))
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world_size: int, gt: dict, preds: dict) -> dict:
+    n = len(preds["index"])
+    sampler = torch.utils.data.DistributedSampler(range(n), num_replicas=world_size, rank=rank, shuffle=False)
+    rows = list(sampler)
+    out = {}
+    for nms in (0.9, None):  # without NMS an exact duplicate would count; with it, the default
+        metric = metric_for(gt, COCO_SIGMAS, oks_nms_threshold=nms)
+        metric.update(**take(preds, rows[:4]))
+        metric.update(**take(preds, rows[4:]))
+        out[str(nms)] = {key: float(value) for key, value in metric.compute().items()}
+    return {"rows": rows, "metrics": out}
 
 
 def test_ddp_two_processes_equal_single_process(coco_gt, tmp_path):
     preds = perturbed_predictions(coco_gt)  # 13 predictions: 2 ranks x 7, one sample padded in twice
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, coco_gt, preds, str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_on_two_ranks(_ddp_worker, (coco_gt, preds), tmp_path)
     all_rows = ranks[0]["rows"] + ranks[1]["rows"]
     assert len(all_rows) == 14 and len(set(all_rows)) == 13  # the padding really duplicated a sample
     for nms in (0.9, None):

@@ -2,11 +2,7 @@
 
 from __future__ import annotations
 
-import json
 import math
-import os
-import socket
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -15,6 +11,7 @@ import torch.nn.functional as F
 
 from hrexp.losses.segmentation import SegmentationLoss
 from hrexp.metrics.segmentation import SegmentationMetrics
+from tests.ddp_helpers import run_on_two_ranks
 
 IGNORE = 255
 
@@ -382,30 +379,20 @@ def test_metric_errors():
     metric.update(torch.full((1, 2, 2), IGNORE), torch.full((1, 2, 2), IGNORE), torch.arange(1))
 
 
-def _ddp_worker(rank: int, world_size: int, port: int, preds, target, out_dir: str) -> None:
-    os.environ["MASTER_ADDR"] = "127.0.0.1"
-    os.environ["MASTER_PORT"] = str(port)
-    torch.distributed.init_process_group("gloo", rank=rank, world_size=world_size)
-    try:
-        sampler = torch.utils.data.DistributedSampler(range(len(preds)), num_replicas=world_size, rank=rank, shuffle=False)
-        rows = list(sampler)
-        metric = SegmentationMetrics(3)
-        for part in (rows[:2], rows[2:]):
-            metric.update(preds[part], target[part], torch.tensor(part))
-        out = to_floats(metric.compute())
-        per = {key: value.tolist() for key, value in metric.per_class().items()}
-        Path(out_dir, f"rank{rank}.json").write_text(json.dumps({"rows": rows, "metrics": out, "per": per}))
-    finally:
-        torch.distributed.destroy_process_group()
+def _ddp_worker(rank: int, world_size: int, preds, target) -> dict:
+    sampler = torch.utils.data.DistributedSampler(range(len(preds)), num_replicas=world_size, rank=rank, shuffle=False)
+    rows = list(sampler)
+    metric = SegmentationMetrics(3)
+    for part in (rows[:2], rows[2:]):
+        metric.update(preds[part], target[part], torch.tensor(part))
+    out = to_floats(metric.compute())
+    per = {key: value.tolist() for key, value in metric.per_class().items()}
+    return {"rows": rows, "metrics": out, "per": per}
 
 
 def test_ddp_two_processes_equal_single_process(tmp_path):
     preds, target = random_seg(5, n=7, c=3)  # 7 samples on 2 ranks: 4 each, one padded in twice
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        port = sock.getsockname()[1]
-    torch.multiprocessing.spawn(_ddp_worker, args=(2, port, preds, target, str(tmp_path)), nprocs=2, join=True)
-    ranks = [json.loads((tmp_path / f"rank{r}.json").read_text()) for r in (0, 1)]
+    ranks = run_on_two_ranks(_ddp_worker, (preds, target), tmp_path)
     all_rows = ranks[0]["rows"] + ranks[1]["rows"]
     assert len(all_rows) == 8 and len(set(all_rows)) == 7  # the padding really duplicated a sample
     single = SegmentationMetrics(3)
