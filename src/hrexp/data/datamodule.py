@@ -23,6 +23,7 @@ from hrexp.data.aasce_reader import read_aasce
 from hrexp.data.coco_reader import read_coco_keypoints
 from hrexp.data.csv_reader import read_landmarks_csv
 from hrexp.data.dataset import LandmarkDataset
+from hrexp.data.loaders import make_loader
 from hrexp.data.records import DataError, LandmarkSet
 from hrexp.data.synthetic_spine import build_synthetic_spine
 from hrexp.data.transforms import LandmarkTransform
@@ -203,17 +204,8 @@ class LandmarkDataModule(LightningDataModule):
 
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         self._set(split)
-        return DataLoader(
-            self.datasets[split],
-            batch_size=self.batch_size,
-            shuffle=shuffle,
-            drop_last=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
-            # No cv2.setNumThreads() in a worker_init_fn: in a forked worker it destroys the
-            # parent's copied thread-pool state and can deadlock (seen with OpenCV 5, pthreads).
-            persistent_workers=self.num_workers > 0,
-        )
+        return make_loader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                           num_workers=self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training batches (the last partial batch is kept)."""

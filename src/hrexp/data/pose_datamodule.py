@@ -17,6 +17,7 @@ from torch.utils.data import DataLoader
 
 from hrexp.data.datamodule import split_indices
 from hrexp.data.keypoint_meta import KeypointMeta, load_meta
+from hrexp.data.loaders import make_loader
 from hrexp.data.pose_dataset import PoseDataset
 from hrexp.data.pose_reader import PoseSplit, read_detections, read_pose_coco, subset_images
 from hrexp.data.records import DataError
@@ -191,9 +192,8 @@ class PoseDataModule(LightningDataModule):
     def _loader(self, split: str, shuffle: bool) -> DataLoader:
         if self.splits is None:
             raise RuntimeError("PoseDataModule: call setup() before asking for data")
-        return DataLoader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle, drop_last=False,
-                          num_workers=self.num_workers, pin_memory=self.pin_memory,
-                          persistent_workers=self.num_workers > 0)
+        return make_loader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
+                           num_workers=self.num_workers, pin_memory=self.pin_memory)
 
     def train_dataloader(self) -> DataLoader:
         return self._loader("train", shuffle=True)

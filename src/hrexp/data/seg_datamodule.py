@@ -28,6 +28,7 @@ from PIL import UnidentifiedImageError
 from torch.utils.data import DataLoader, Dataset
 
 from hrexp.data.dataset import load_image
+from hrexp.data.loaders import make_loader
 from hrexp.data.records import DataError
 from hrexp.data.seg_reader import MaskDecoder, pair_folder
 from hrexp.data.seg_transforms import SegEvalTransform, SegTrainTransform, pad_collate
@@ -344,16 +345,14 @@ class SegFolderDataModule(LightningDataModule):
     # ------------------------------------------------------------------ loaders
     def _loader(self, split: str, shuffle: bool, batch_size: int) -> DataLoader:
         self._require_setup(f"the {split} loader")
-        return DataLoader(
+        return make_loader(
             self.datasets[split],
             batch_size=batch_size,
             shuffle=shuffle,
-            drop_last=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             # partial of a module-level function: picklable for worker processes.
             collate_fn=functools.partial(pad_collate, size_divisor=self.size_divisor, ignore_index=self.ignore_index),
-            persistent_workers=self.num_workers > 0,
         )
 
     def train_dataloader(self) -> DataLoader:
