@@ -12,10 +12,12 @@ from typing import Any, Callable, Mapping, Sequence
 import torch
 from torch import nn
 
+from hrexp.data.transforms import flip_permutation
 from hrexp.geometry import apply_affine, invert_affine
+from hrexp.tasks.base import Task
 
 
-class HeatmapKeypointTask(nn.Module):
+class HeatmapKeypointTask(Task):
     """Keypoints by heatmap regression, predictions mapped back to original image pixels.
 
     Targets are encoded from the batch's keypoints at the head's own output stride; predictions are
@@ -54,40 +56,29 @@ class HeatmapKeypointTask(nn.Module):
         num_keypoints: int | None = None,
         monitor: Mapping[str, str] | None = None,
     ):
-        super().__init__()
         if "num_keypoints" not in dataset_meta or int(dataset_meta["num_keypoints"]) < 1:
             raise ValueError(f"task={self.task_name} needs dataset_meta.num_keypoints >= 1, got {dict(dataset_meta)}")
-        self.num_keypoints = int(dataset_meta["num_keypoints"])
-        if num_keypoints is not None and int(num_keypoints) != self.num_keypoints:
+        k = int(dataset_meta["num_keypoints"])
+        if num_keypoints is not None and int(num_keypoints) != k:
             raise ValueError(
                 f"task.num_keypoints={num_keypoints}: the head would have {num_keypoints} outputs, but the data "
-                f"defines {self.num_keypoints} keypoints"
+                f"defines {k} keypoints"
             )
+        super().__init__(head, feature_info, k, monitor or {"metric": "val/loss", "mode": "min"})
+        self.num_keypoints = k
         self.keypoint_names = list(dataset_meta.get("keypoint_names") or [f"kp{i}" for i in range(self.num_keypoints)])
         self.flip_pairs = [(int(a), int(b)) for a, b in (dataset_meta.get("flip_pairs") or [])]
         if flip_test and not self.flip_pairs:
             raise ValueError(
-                f"task.flip_test=true but the data defines no flip pairs: flipped-back heatmaps would keep left "
-                f"keypoints labelled left; define flip pairs in the keypoint metadata or set task.flip_test=false"
+                "task.flip_test=true but the data defines no flip pairs: flipped-back heatmaps would keep left "
+                "keypoints labelled left; define flip pairs in the keypoint metadata or set task.flip_test=false"
             )
         self.flip_test = bool(flip_test)
         self.flip_shift = bool(flip_shift)
-        perm = list(range(self.num_keypoints))
-        for a, b in self.flip_pairs:
-            perm[a], perm[b] = b, a
-        self.register_buffer("flip_permutation", torch.tensor(perm, dtype=torch.long), persistent=False)
-        self.head = head(feature_info=feature_info, num_outputs=self.num_keypoints)
+        perm = torch.from_numpy(flip_permutation(self.num_keypoints, self.flip_pairs)).long()
+        self.register_buffer("flip_permutation", perm, persistent=False)
         self.codec = codec
         self.loss_fn = loss
-        self.monitor = dict(monitor or {"metric": "val/loss", "mode": "min"})
-
-    @property
-    def stride(self) -> float:
-        """Output stride of the heatmaps relative to the network input."""
-        return float(self.head.stride)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(features)
 
     def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
         """False for a batch without any labelled keypoint (e.g. detection boxes): no loss then."""
@@ -123,7 +114,4 @@ class HeatmapKeypointTask(nn.Module):
         return {"keypoints_input": keypoints, "keypoints": original, "scores": scores}
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
-        raise NotImplementedError
-
-    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
         raise NotImplementedError

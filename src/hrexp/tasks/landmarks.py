@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hrexp.metrics.landmark_error import LandmarkError
+from hrexp.tasks.base import STAGES
 from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
 
 
@@ -29,23 +30,10 @@ class LandmarkTask(HeatmapKeypointTask):
         super().__init__(head, codec, loss, feature_info, dataset_meta,
                          monitor=monitor or {"metric": "val/mre", "mode": "min"}, **kwargs)
         self.sdr_radii = list(sdr_radii)
-        # One metric object per stage: validation and test states must never mix.
-        self.metrics = nn.ModuleDict({stage: LandmarkError(self.num_keypoints, self.sdr_radii) for stage in ("val", "test")})
+        self.metrics = nn.ModuleDict({stage: LandmarkError(self.num_keypoints, self.sdr_radii) for stage in STAGES})
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         self.metrics[stage].update(preds["keypoints"], batch["keypoints_orig"], batch["visible_orig"], batch["spacing"])
-
-    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        """Compute and reset the stage's metrics; names are ``<stage>/mre``, ``<stage>/sdr_4``, ..."""
-        metric = self.metrics[stage]
-        values = metric.compute()
-        metric.reset()
-        out = {}
-        for name, value in values.items():
-            if torch.is_tensor(value) and value.numel() == 1 and torch.isnan(value):
-                continue  # e.g. mre_mm when no sample has a pixel spacing
-            out[f"{stage}/{name}"] = value
-        return out
 
     def per_landmark_errors(self, stage: str) -> dict[str, torch.Tensor]:
         """Per-landmark mean errors of the stage (call before :meth:`compute_metrics` resets)."""

@@ -8,6 +8,7 @@ import torch
 from torch import nn
 
 from hrexp.metrics.coco_keypoints import CocoKeypointAP
+from hrexp.tasks.base import STAGES
 from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
 
 
@@ -44,7 +45,7 @@ class PoseTask(HeatmapKeypointTask):
         self.sigmas = sigmas
         self.metrics = nn.ModuleDict({
             stage: CocoKeypointAP(sigmas, score_threshold=score_threshold, oks_nms_threshold=oks_nms_threshold)
-            for stage in ("val", "test")
+            for stage in STAGES
         })
 
     def on_eval_epoch_start(self, stage: str, dataset: Any) -> None:
@@ -61,10 +62,6 @@ class PoseTask(HeatmapKeypointTask):
         self.metrics[stage].update(preds["keypoints"], preds["scores"], batch["image_id"], batch["bbox_score"],
                                    batch["index"])
 
-    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        """``<stage>/AP``, ``AP50``, ``AP75``, ``APm``, ``APl``, ``AR``, ...; pycocotools' -1 (undefined,
-        e.g. no medium-sized person) is left out."""
-        metric = self.metrics[stage]
-        values = metric.compute()
-        metric.reset()
-        return {f"{stage}/{k}": v for k, v in values.items() if float(v) >= 0}
+    def is_defined(self, value: torch.Tensor) -> bool:
+        """pycocotools reports -1 for an undefined value (e.g. no medium-sized person): not logged."""
+        return float(value) >= 0

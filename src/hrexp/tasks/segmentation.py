@@ -10,6 +10,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from hrexp.metrics.segmentation import SegmentationMetrics
+from hrexp.tasks.base import STAGES, Task
 
 
 def _ceil_to(value: int, divisor: int) -> int:
@@ -24,7 +25,7 @@ def _window_starts(length: int, window: int, stride: int) -> list[int]:
     return starts + [length - window]
 
 
-class SegmentationTask(nn.Module):
+class SegmentationTask(Task):
     """Semantic segmentation: the head predicts ``num_classes`` logits at its stride (1/4 for HRNetV2).
 
     Training upsamples the logits bilinearly to the crop and applies the loss there. Evaluation
@@ -45,7 +46,6 @@ class SegmentationTask(nn.Module):
     """
 
     task_name = "segmentation"
-    flip_test = False
 
     def __init__(
         self,
@@ -57,16 +57,17 @@ class SegmentationTask(nn.Module):
         size_divisor: int = 32,
         monitor: Mapping[str, str] | None = None,
     ):
-        super().__init__()
         if int(dataset_meta.get("num_classes") or 0) < 1:
             raise ValueError(f"task=segmentation needs dataset_meta.num_classes >= 1, got {dict(dataset_meta)}")
-        self.num_classes = int(dataset_meta["num_classes"])
-        self.class_names = list(dataset_meta.get("class_names") or [f"class{i}" for i in range(self.num_classes)])
-        self.ignore_index = int(dataset_meta.get("ignore_index", 255))
-        loss_ignore = getattr(loss, "ignore_index", self.ignore_index)
-        if int(loss_ignore) != self.ignore_index:
-            raise ValueError(f"task.loss.ignore_index={loss_ignore} differs from the data's ignore_index={self.ignore_index}")
-        self.head = head(feature_info=feature_info, num_outputs=self.num_classes)
+        num_classes = int(dataset_meta["num_classes"])
+        ignore_index = int(dataset_meta.get("ignore_index", 255))
+        loss_ignore = getattr(loss, "ignore_index", ignore_index)
+        if int(loss_ignore) != ignore_index:
+            raise ValueError(f"task.loss.ignore_index={loss_ignore} differs from the data's ignore_index={ignore_index}")
+        super().__init__(head, feature_info, num_classes, monitor or {"metric": "val/mIoU", "mode": "max"})
+        self.num_classes = num_classes
+        self.class_names = list(dataset_meta.get("class_names") or [f"class{i}" for i in range(num_classes)])
+        self.ignore_index = ignore_index
         self.loss_fn = loss
         self.size_divisor = int(size_divisor)
         self.window = None
@@ -79,18 +80,10 @@ class SegmentationTask(nn.Module):
                     f"{stride} <= size"
                 )
             self.window = (size, stride)
-        self.monitor = dict(monitor or {"metric": "val/mIoU", "mode": "max"})
         self.metrics = nn.ModuleDict({
             stage: SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
-            for stage in ("val", "test")
+            for stage in STAGES
         })
-
-    @property
-    def stride(self) -> float:
-        return float(self.head.stride)
-
-    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
-        return self.head(features)
 
     # ------------------------------------------------------------------ loss
     def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
@@ -147,10 +140,3 @@ class SegmentationTask(nn.Module):
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         self.metrics[stage].update(preds["labels"], batch["mask"], batch["index"])
-
-    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
-        """``<stage>/mIoU``, ``<stage>/dice`` (foreground mean), ``<stage>/pixel_acc``, ``<stage>/iou_<class>``."""
-        metric = self.metrics[stage]
-        values = metric.compute()
-        metric.reset()
-        return {f"{stage}/{k}": v for k, v in values.items() if not torch.isnan(v)}

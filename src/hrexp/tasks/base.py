@@ -1,0 +1,63 @@
+"""What every task shares: a head fitted to the backbone, per-stage metrics, and their read-out.
+
+The LightningModule relies on this contract: ``forward(features)``, ``stride``, ``monitor``,
+``has_targets(batch)``, ``loss(outputs, batch)``, ``predict(outputs, batch, flipped_outputs=None)``,
+``update_metrics(stage, preds, batch)``, ``compute_metrics(stage)`` and, when a task needs the
+split's dataset before an evaluation epoch, ``on_eval_epoch_start(stage, dataset)``.
+"""
+
+from __future__ import annotations
+
+from typing import Callable, Mapping, Sequence
+
+import torch
+from torch import nn
+
+STAGES = ("val", "test")
+
+
+class Task(nn.Module):
+    """A head on the backbone's features, plus one metric object per evaluation stage.
+
+    Subclasses set ``self.metrics`` (an ``nn.ModuleDict`` keyed by :data:`STAGES`: validation and
+    test states must never mix) and implement the loss, prediction and metric updates.
+
+    Args:
+        head: Partial head constructor, called as ``head(feature_info=..., num_outputs=...)``.
+        feature_info: The backbone's feature description.
+        num_outputs: Output channels of the head (keypoints or classes).
+        monitor: The metric that selects the best checkpoint (``{"metric": ..., "mode": ...}``).
+    """
+
+    task_name = "task"
+    flip_test = False
+
+    def __init__(
+        self,
+        head: Callable[..., nn.Module],
+        feature_info: Sequence[Mapping[str, int]],
+        num_outputs: int,
+        monitor: Mapping[str, str],
+    ):
+        super().__init__()
+        self.head = head(feature_info=feature_info, num_outputs=num_outputs)
+        self.monitor = dict(monitor)
+
+    @property
+    def stride(self) -> float:
+        """Output stride of the head relative to the network input."""
+        return float(self.head.stride)
+
+    def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
+        return self.head(features)
+
+    def is_defined(self, value: torch.Tensor) -> bool:
+        """Whether a computed metric value is logged (NaN: undefined, e.g. no sample with a spacing)."""
+        return not bool(torch.isnan(value))
+
+    def compute_metrics(self, stage: str) -> dict[str, torch.Tensor]:
+        """Compute and reset the stage's metrics: ``{"<stage>/<name>": value}``, defined values only."""
+        metric = self.metrics[stage]
+        values = metric.compute()
+        metric.reset()
+        return {f"{stage}/{name}": value for name, value in values.items() if self.is_defined(value)}
