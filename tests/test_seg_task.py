@@ -21,7 +21,9 @@ META = {"num_classes": 3, "class_names": ["bg", "a", "b"], "ignore_index": 255}
 
 
 def _task(**kw) -> SegmentationTask:
-    return SegmentationTask(lambda **k: HeatmapHead(**k), SegmentationLoss(), [{"num_chs": 4, "reduction": 4}], META, **kw)
+    # the coarsest stride (32) is what inputs are padded to
+    features = [{"num_chs": 4, "reduction": 4}, {"num_chs": 8, "reduction": 32}]
+    return SegmentationTask(lambda **k: HeatmapHead(**k), SegmentationLoss(), features, META, **kw)
 
 
 def pixelwise(x: torch.Tensor) -> torch.Tensor:

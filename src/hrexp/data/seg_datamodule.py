@@ -200,8 +200,10 @@ class SegFolderDataModule(LightningDataModule):
             saturation=saturation,
             ignore_index=self.ignore_index,
         )
-        self.eval_transform = SegEvalTransform(max_size=eval_max_size, size_divisor=size_divisor)
+        self.eval_transform = SegEvalTransform(max_size=eval_max_size)
         self.size_divisor = int(size_divisor)
+        if self.size_divisor < 1:
+            raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
         self.batch_size = int(batch_size)
         self.eval_batch_size = int(eval_batch_size)
         self.num_workers = int(num_workers)

@@ -214,9 +214,6 @@ class SegEvalTransform:
     Args:
         max_size: When the image's long side exceeds this, the image is resized (aspect kept) so
             that its long side is ``max_size``; None keeps every image at full resolution.
-        size_divisor: The multiple that :func:`pad_collate` pads images to. The transform itself does
-            not pad (so ``image`` is exactly ``image_hw``); the value is kept here so that a caller
-            builds the matching collate from the transform.
         mean: Normalisation mean (RGB).
         std: Normalisation std (RGB).
     """
@@ -224,16 +221,12 @@ class SegEvalTransform:
     def __init__(
         self,
         max_size: int | None = None,
-        size_divisor: int = 32,
         mean: Sequence[float] = IMAGENET_MEAN,
         std: Sequence[float] = IMAGENET_STD,
     ):
         self.max_size = None if max_size is None else int(max_size)
         if self.max_size is not None and self.max_size < 1:
             raise ValueError(f"max_size must be positive or None, got {max_size}")
-        self.size_divisor = int(size_divisor)
-        if self.size_divisor < 1:
-            raise ValueError(f"size_divisor must be >= 1, got {size_divisor}")
         self.mean = np.asarray(mean, dtype=np.float32)
         self.std = np.asarray(std, dtype=np.float32)
 
@@ -267,7 +260,8 @@ class SegEvalTransform:
         }
 
 
-def _round_up(value: int, divisor: int) -> int:
+def round_up(value: int, divisor: int) -> int:
+    """The smallest multiple of ``divisor`` that is >= ``value``."""
     return int(math.ceil(value / divisor) * divisor)
 
 
@@ -294,8 +288,8 @@ def pad_collate(
         raise ValueError("pad_collate: empty batch")
     images = [item["image"] for item in batch]
     masks = [item["mask"] for item in batch]
-    hp = _round_up(max(im.shape[-2] for im in images), size_divisor)
-    wp = _round_up(max(im.shape[-1] for im in images), size_divisor)
+    hp = round_up(max(im.shape[-2] for im in images), size_divisor)
+    wp = round_up(max(im.shape[-1] for im in images), size_divisor)
     hm = max(m.shape[-2] for m in masks)
     wm = max(m.shape[-1] for m in masks)
     image_out = images[0].new_zeros((len(batch), images[0].shape[0], hp, wp))

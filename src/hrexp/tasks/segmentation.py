@@ -2,19 +2,15 @@
 
 from __future__ import annotations
 
-import math
 from typing import Any, Callable, Mapping, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from hrexp.data.seg_transforms import round_up
 from hrexp.metrics.segmentation import SegmentationMetrics
 from hrexp.tasks.base import STAGES, Task
-
-
-def _ceil_to(value: int, divisor: int) -> int:
-    return int(math.ceil(value / divisor) * divisor)
 
 
 def _window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -41,7 +37,6 @@ class SegmentationTask(Task):
         feature_info: The backbone's feature description.
         dataset_meta: ``num_classes``, ``class_names``, ``ignore_index``.
         sliding_window: ``{"size": [h, w], "stride": [h, w]}`` for large images, or None (whole image).
-        size_divisor: Network inputs are padded to a multiple of this (the coarsest backbone stride).
         monitor: Default ``{"metric": "val/mIoU", "mode": "max"}``.
     """
 
@@ -54,7 +49,6 @@ class SegmentationTask(Task):
         feature_info: Sequence[Mapping[str, int]],
         dataset_meta: Mapping[str, Any],
         sliding_window: Mapping[str, Sequence[int]] | None = None,
-        size_divisor: int = 32,
         monitor: Mapping[str, str] | None = None,
     ):
         if int(dataset_meta.get("num_classes") or 0) < 1:
@@ -69,7 +63,8 @@ class SegmentationTask(Task):
         self.class_names = list(dataset_meta.get("class_names") or [f"class{i}" for i in range(num_classes)])
         self.ignore_index = ignore_index
         self.loss_fn = loss
-        self.size_divisor = int(size_divisor)
+        # Inputs are padded to a multiple of the coarsest feature stride, so every branch aligns.
+        self.size_divisor = max(int(f["reduction"]) for f in feature_info)
         self.window = None
         if sliding_window is not None:
             size = [int(v) for v in sliding_window["size"]]
@@ -101,7 +96,7 @@ class SegmentationTask(Task):
         """Logits ``[1, C, h, w]`` of one image ``[1, 3, h, w]`` at its own size (padding added and removed)."""
         h, w = image.shape[-2:]
         if self.window is None or (h <= self.window[0][0] and w <= self.window[0][1]):
-            ph, pw = _ceil_to(h, self.size_divisor), _ceil_to(w, self.size_divisor)
+            ph, pw = round_up(h, self.size_divisor), round_up(w, self.size_divisor)
             padded = F.pad(image, (0, pw - w, 0, ph - h))
             out = F.interpolate(model(padded), size=(ph, pw), mode="bilinear", align_corners=False)
             return out[..., :h, :w]
