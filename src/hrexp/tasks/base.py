@@ -1,14 +1,14 @@
 """What every task shares: a head fitted to the backbone, per-stage metrics, and their read-out.
 
 The LightningModule relies on this contract: ``forward(features)``, ``stride``, ``monitor``,
-``has_targets(batch)``, ``loss(outputs, batch)``, ``predict(outputs, batch, flipped_outputs=None)``,
-``update_metrics(stage, preds, batch)``, ``compute_metrics(stage)`` and, when a task needs the
-split's dataset before an evaluation epoch, ``on_eval_epoch_start(stage, dataset)``.
+``flip_test``, ``has_targets(batch)``, ``loss(outputs, batch)``, ``eval_outputs(model, batch)``,
+``predict(outputs, batch, flipped_outputs=None)``, ``update_metrics(stage, preds, batch)``,
+``compute_metrics(stage)`` and ``on_eval_epoch_start(stage, dataset)``.
 """
 
 from __future__ import annotations
 
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import torch
 from torch import nn
@@ -50,6 +50,17 @@ class Task(nn.Module):
 
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features)
+
+    def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        """Whether the batch has anything to compute a loss against."""
+        return True
+
+    def eval_outputs(self, model: Callable[[torch.Tensor], torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The network's outputs at evaluation (a task may run its own inference, e.g. sliding windows)."""
+        return model(batch["image"])
+
+    def on_eval_epoch_start(self, stage: str, dataset: Any) -> None:
+        """Called with the dataset about to be evaluated (pose hands its COCO ground truth to the metric)."""
 
     def is_defined(self, value: torch.Tensor) -> bool:
         """Whether a computed metric value is logged (NaN: undefined, e.g. no sample with a spacing)."""

@@ -20,7 +20,7 @@ class HRExpModule(pl.LightningModule):
 
     Args:
         backbone: returns a list of feature maps (highest resolution first).
-        task: e.g. :class:`hrexp.tasks.landmarks.LandmarkTask`.
+        task: a :class:`hrexp.tasks.base.Task` (landmarks, pose, segmentation).
         optimizer: partial optimizer constructor, called with the parameters.
         scheduler: partial schedule factory, called as
             ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``; ``None`` for none.
@@ -57,19 +57,15 @@ class HRExpModule(pl.LightningModule):
     def _eval_epoch_start(self, stage: str) -> None:
         # A task scored against a whole-split ground truth (pose: COCO annotations) gets the dataset
         # of the loader about to run: eval.py may test on the validation loader.
-        hook = getattr(self.task, "on_eval_epoch_start", None)
-        if hook is None:
-            return
         loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
         if isinstance(loaders, (list, tuple)):
             loaders = loaders[0]
-        hook(stage, getattr(loaders, "dataset", None))
+        self.task.on_eval_epoch_start(stage, getattr(loaders, "dataset", None))
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         # A task may run its own inference (segmentation: whole images or sliding windows).
-        eval_outputs = getattr(self.task, "eval_outputs", None)
-        outputs = eval_outputs(self, batch) if eval_outputs is not None else self(batch["image"])
-        flipped = self(batch["image"].flip(-1)) if getattr(self.task, "flip_test", False) else None
+        outputs = self.task.eval_outputs(self, batch)
+        flipped = self(batch["image"].flip(-1)) if self.task.flip_test else None
         # Samples without any target (detection boxes) have no loss; the metric still scores them.
         if self.task.has_targets(batch):
             self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
@@ -84,7 +80,7 @@ class HRExpModule(pl.LightningModule):
         values = {} if torch.isnan(loss) else {f"{stage}/loss": loss}
         values.update(self.task.compute_metrics(stage))
         # The loss and the task's headline metric go to the progress bar; everything to the loggers.
-        monitor = str(getattr(self.task, "monitor", {}).get("metric", ""))
+        monitor = str(self.task.monitor.get("metric", ""))
         shown = {f"{stage}/loss", monitor.replace("val/", f"{stage}/", 1)}
         for key, value in values.items():
             # torchmetrics already reduced the states across ranks: no second sync here.
