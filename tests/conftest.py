@@ -40,20 +40,25 @@ def cache_dir(tmp_path_factory) -> Path:
     return path
 
 
+def compose_for(overrides: list[str], out_dir: Path, name: str = "train"):
+    """Compose ``conf/<name>.yaml`` with overrides, as ``train.py`` would, with outputs in ``out_dir/run``."""
+    GlobalHydra.instance().clear()
+    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+        cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
+    with open_dict(cfg):
+        cfg.hydra.runtime.output_dir = str(Path(out_dir) / "run")
+    HydraConfig.instance().set_config(cfg)
+    with open_dict(cfg):
+        del cfg["hydra"]
+    return cfg
+
+
 @pytest.fixture
 def compose_cfg(tmp_path, cache_dir):
-    """Compose ``conf/<name>.yaml`` with overrides, as ``train.py`` would, with outputs in tmp_path."""
+    """``compose_for`` with outputs in the test's tmp_path."""
 
     def _compose(overrides: list[str] = (), name: str = "train"):
-        GlobalHydra.instance().clear()
-        with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
-            cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
-        with open_dict(cfg):
-            cfg.hydra.runtime.output_dir = str(tmp_path / "run")
-        HydraConfig.instance().set_config(cfg)
-        with open_dict(cfg):
-            del cfg["hydra"]
-        return cfg
+        return compose_for(overrides, tmp_path, name)
 
     yield _compose
     GlobalHydra.instance().clear()

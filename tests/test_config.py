@@ -14,7 +14,7 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def test_train_config_composes_every_group(compose_cfg):
     cfg = compose_cfg([])
-    for group in ("model", "task", "data", "optimizer", "scheduler", "trainer", "callbacks", "logger", "paths"):
+    for group in ("model", "task", "data", "optimizer", "param_groups", "scheduler", "trainer", "callbacks", "logger", "paths"):
         assert group in cfg, group
     assert cfg.model._target_ == "hrexp.models.hrnet.HighResolutionNet"
     assert cfg.model.width == 32
@@ -144,3 +144,29 @@ def test_pose_config_keeps_the_best_ap_checkpoint_and_resolves_paths_against_roo
     assert dm.paths["train_json"] == Path("/data/coco/annotations/person_keypoints_train2017.json")
     assert dm.paths["val_images"] == Path("/data/coco/val2017")
     assert dm.paths["test_json"] is None and dm.paths["train_images"] == Path("/data/coco/train2017")
+
+
+@pytest.mark.parametrize("scheduler", sorted(p.stem for p in (ROOT / "conf" / "scheduler").glob("*.yaml")))
+def test_every_scheduler_option_builds_a_per_step_schedule(compose_cfg, scheduler):
+    import torch
+    from hydra.utils import instantiate
+
+    cfg = compose_cfg([f"scheduler={scheduler}"])
+    optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=0.1)
+    schedule = instantiate(cfg.scheduler)(optimizer, total_steps=2100, steps_per_epoch=10)
+    for _ in range(2100):
+        optimizer.step()
+        schedule.step()
+    assert 0 <= optimizer.param_groups[0]["lr"] <= 0.1
+
+
+def test_optional_callbacks_compose_beside_the_defaults(compose_cfg):
+    from hrexp.training.build import build_callbacks
+    from hrexp.training.ema import EMA
+    from hrexp.training.phases import BackboneFreeze
+
+    cfg = compose_cfg(["callbacks=[default,freeze_backbone,ema]", "callbacks.freeze_backbone.epochs=3"])
+    built = build_callbacks(cfg.callbacks).by_name
+    assert isinstance(built["freeze_backbone"], BackboneFreeze) and built["freeze_backbone"].epochs == 3
+    assert isinstance(built["ema"], EMA) and built["ema"].decay == pytest.approx(0.999)
+    assert {"checkpoint_best_loss", "checkpoint_best_metric", "checkpoint_last", "lr_monitor"} <= set(built)

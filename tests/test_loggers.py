@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import os
 
-import pytest
 
 from hrexp.training.loggers import WandbLogger, wandb_api_key_configured
 from test_train_e2e import TINY, run_script

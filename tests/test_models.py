@@ -14,7 +14,6 @@ import numpy as np
 import pytest
 import timm
 import torch
-from omegaconf import OmegaConf
 from torch import nn
 
 from hrexp.models import HeatmapHead, HighResolutionNet, TimmBackbone, load_timm_hrnet_state_dict

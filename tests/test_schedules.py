@@ -67,3 +67,32 @@ def test_poly_matches_hand_values_with_and_without_warmup():
     assert lrs[5][0] == pytest.approx(1e-5 + (1e-3 - 1e-5) * (1 - 3 / 8) ** 2)
     with pytest.raises(ValueError, match="power"):
         poly(_optimizer(), total_steps=10, steps_per_epoch=2, power=0)
+
+
+def test_step_decay_matches_hand_values_and_checks_milestones():
+    from hrexp.training.schedules import step_decay
+
+    opt = _optimizer()
+    # 4 steps per epoch; warmup 2 steps; x0.1 at epoch 1 (step 4) and at epoch 2.5 (step 10)
+    sched = step_decay(opt, total_steps=12, steps_per_epoch=4, milestones=[1, 2.5], gamma=0.1, warmup_steps=2)
+    lrs = [lr[0] for lr in _lrs(opt, sched, 12)]
+    expected = [0.5e-3, 1e-3, 1e-3, 1e-3] + [1e-4] * 6 + [1e-5] * 2
+    assert lrs == [pytest.approx(e, rel=1e-9) for e in expected]
+    for bad in ([2, 1], [0, 3], [1, 1]):
+        with pytest.raises(ValueError, match="scheduler.milestones"):
+            step_decay(_optimizer(), total_steps=12, steps_per_epoch=4, milestones=bad)
+    with pytest.raises(ValueError, match="scheduler.gamma"):
+        step_decay(_optimizer(), total_steps=12, steps_per_epoch=4, milestones=[1], gamma=0)
+
+
+def test_a_group_with_a_start_step_gets_lr_zero_then_ramps_into_the_schedule():
+    """start_step / ramp_steps on a group (a backbone frozen for the first epochs)."""
+    opt = _optimizer()
+    opt.param_groups[1].update(start_step=4, ramp_steps=2)
+    sched = warmup_cosine(opt, total_steps=10, steps_per_epoch=2, warmup_steps=0, min_lr=0.0)
+    lrs = _lrs(opt, sched, 10)
+    for s in range(10):
+        cosine = 0.5 * (1 + math.cos(math.pi * s / 10))
+        ramp = 0.0 if s < 4 else min(1.0, (s - 3) / 2)
+        assert lrs[s][0] == pytest.approx(1e-3 * cosine, rel=1e-9)
+        assert lrs[s][1] == pytest.approx(1e-4 * cosine * ramp, rel=1e-9, abs=1e-15)

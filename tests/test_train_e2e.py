@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import csv
 import json
-import math
 import os
 import re
 import subprocess
@@ -87,7 +86,7 @@ def test_run_record_and_config_are_saved(trained_run):
     # The final test names the checkpoint it used: the best-MRE one.
     tested = record["test"]["checkpoint"]
     assert Path(tested).name.startswith("best-val_mre-")
-    assert f"Testing checkpoint" in proc.stdout and Path(tested).name in proc.stdout.replace("\n", "")
+    assert "Testing checkpoint" in proc.stdout and Path(tested).name in proc.stdout.replace("\n", "")
     assert record["baseline_mean_shape_val"]["mre"] > 0
     assert record["params"]["total"] == pytest.approx(29.3e6, rel=0.02)
 

@@ -58,11 +58,17 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         cause = err.__cause__ if err.__cause__ is not None else err
         raise ConfigError(f"model={model_name} head={choices(cfg)['head']}: {cause}") from err
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
+    try:
+        # Configs stored by runs before param groups existed have none: the defaults apply.
+        param_groups = instantiate(cfg.param_groups) if cfg.get("param_groups") else None
+    except InstantiationException as err:
+        raise ConfigError(str(err.__cause__ or err)) from err
     return HRExpModule(
         backbone=backbone,
         task=task,
         optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler,
+        param_groups=param_groups,
         run_config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices(cfg)},
     )
 

@@ -82,7 +82,9 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         split = getattr(datamodule, "test_split_name", "test")
     else:
         loader = datamodule.val_dataloader()
-    rich.print(f"[bold]Evaluating checkpoint[/bold] {cfg.ckpt_path} on the {split} split")
+    # Which weights the checkpoint's state_dict holds (EMA-trained runs store the average there).
+    weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
+    rich.print(f"[bold]Evaluating checkpoint[/bold] {cfg.ckpt_path} ({weights['kind']} weights) on the {split} split")
     results = trainer.test(module, dataloaders=loader, verbose=True)
     metrics = {k.replace("test/", f"{split}/"): float(v) for k, v in (results[0] if results else {}).items()}
 
@@ -96,6 +98,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "choices": OmegaConf.to_container(run_cfg.choices),
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
+        "weights": weights,
         "metrics": metrics,
     }
     write_json(out_dir / "summary.json", summary)

@@ -2,13 +2,22 @@
 
 from __future__ import annotations
 
+import logging
 import warnings
 from typing import Any, Callable, Mapping
 
 import lightning.pytorch as pl
+import rich
 import torch
+from lightning.pytorch.utilities import rank_zero_only
+from rich.table import Table
 from torch import nn
 from torchmetrics import MeanMetric
+
+from hrexp.training.param_groups import ParamGroupRules, describe_groups
+from hrexp.training.phases import BackboneFreeze
+
+log = logging.getLogger(__name__)
 
 
 class HRExpModule(pl.LightningModule):
@@ -16,7 +25,8 @@ class HRExpModule(pl.LightningModule):
 
     The task supplies the head, the loss, the decoding to original-image predictions and the
     metrics; this class only runs the loops, logs ``train/loss``, ``val/loss``, ``test/loss`` and the
-    task's metrics, and builds the optimizer and a per-step schedule.
+    task's metrics, and builds the optimizer (param groups from ``param_groups``) and a per-step
+    schedule.
 
     Args:
         backbone: returns a list of feature maps (highest resolution first).
@@ -26,6 +36,8 @@ class HRExpModule(pl.LightningModule):
             ``scheduler(optimizer, total_steps=..., steps_per_epoch=...)``; ``None`` for none.
         run_config: the resolved run config (plain dict), stored in every checkpoint so a checkpoint
             alone rebuilds its model (``eval.py``).
+        param_groups: how parameters are grouped for the optimizer (backbone/head lr, no decay on
+            norms and biases); ``None`` for the defaults.
     """
 
     def __init__(
@@ -35,6 +47,7 @@ class HRExpModule(pl.LightningModule):
         optimizer: Callable[..., torch.optim.Optimizer],
         scheduler: Callable[..., Any] | None = None,
         run_config: Mapping[str, Any] | None = None,
+        param_groups: ParamGroupRules | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -42,10 +55,27 @@ class HRExpModule(pl.LightningModule):
         self.optimizer_factory = optimizer
         self.scheduler_factory = scheduler
         self.run_config = dict(run_config or {})
+        self.param_group_rules = param_groups or ParamGroupRules()
         self.losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
+        # Set by hrexp.training.phases.BackboneFreeze during a head-only phase.
+        self.backbone_frozen = False
+        # One row per optimizer group, filled by configure_optimizers (for the run record).
+        self.param_group_summary: list[dict[str, Any]] = []
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
-        return self.task(self.backbone(images))
+        # A frozen backbone builds no autograd graph: no gradient reaches it and no backward runs through it.
+        with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
+            features = self.backbone(images)
+        return self.task(features)
+
+    def set_backbone_frozen(self, frozen: bool) -> None:
+        """Freeze (eval mode: fixed BatchNorm statistics; no gradients) or release the backbone.
+
+        Released, the backbone follows the module's own mode; modules frozen by
+        ``model.freeze_stages`` stay in eval mode (the backbones' ``train()`` keeps them there).
+        """
+        self.backbone_frozen = bool(frozen)
+        self.backbone.train(self.training and not self.backbone_frozen)
 
     # --- loops -------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
@@ -109,16 +139,39 @@ class HRExpModule(pl.LightningModule):
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
-        params = [p for p in self.parameters() if p.requires_grad]
-        optimizer = self.optimizer_factory(params)
+        optimizer = self.param_group_rules.create_optimizer(self.optimizer_factory, self.backbone, self.task)
+        self.param_group_summary = describe_groups(optimizer, self)
+        self._print_param_groups()
         if self.scheduler_factory is None:
             return optimizer
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
         per_epoch = max(1, total // epochs)
+        # A backbone frozen for the first epochs gets lr 0 until its phase starts.
+        freeze = next((cb for cb in self.trainer.callbacks if isinstance(cb, BackboneFreeze)), None)
+        if freeze is not None:
+            for group in optimizer.param_groups:
+                if group.get("part") == "backbone":
+                    group.update(freeze.schedule_gate(per_epoch))
         scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
+    @rank_zero_only
+    def _print_param_groups(self) -> None:
+        table = Table(title="Optimizer parameter groups")
+        for column in ("group", "tensors", "parameters", "base lr", "weight decay"):
+            table.add_column(column, justify="left" if column == "group" else "right")
+        for row in self.param_group_summary:
+            table.add_row(row["name"], str(row["tensors"]), f"{row['params']:,}",
+                          "-" if row["lr"] is None else f"{row['lr']:.3g}",
+                          "-" if row["weight_decay"] is None else f"{row['weight_decay']:.3g}")
+            log.info("param group %s: %d tensors, %d parameters, lr %s, weight_decay %s", row["name"],
+                     row["tensors"], row["params"], row["lr"], row["weight_decay"])
+        rich.print(table)
+
     # --- checkpoints -------------------------------------------------------------------------
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        checkpoint["hrexp"] = {"config": self.run_config, "format": 1}
+        # Callbacks write first (the EMA callback records that state_dict holds averaged weights).
+        info = checkpoint.setdefault("hrexp", {})
+        info.update(config=self.run_config, format=1)
+        info.setdefault("weights", {"kind": "raw"})

@@ -79,6 +79,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     if cfg.get("train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     record["train_time_s"] = time.time() - t0
+    record["param_groups"] = module.param_group_summary
 
     best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)
     record["best"] = best.best if best else {}

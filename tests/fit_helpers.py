@@ -1,0 +1,92 @@
+"""In-process training for tests that inspect optimizer, weights and schedule state during a run.
+
+``fit`` builds a run from a composed config exactly as ``hrexp.training.train_run.train`` does
+(datamodule, module, the config's callbacks and loggers, the Trainer), adds the test's own
+recording callbacks, and runs ``trainer.fit``.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import lightning.pytorch as pl
+import torch
+from hydra.utils import instantiate
+
+from hrexp.training.build import build_callbacks, build_datamodule, build_loggers, build_module
+from hrexp.training.train_run import seed_run
+
+# The scratch HRNet-W18 on a small synthetic spine set: 2 steps of batch 4 per epoch at 64x32.
+TINY_W18 = [
+    "model=hrnet_w18",
+    "trainer.limit_train_batches=2",
+    "trainer.num_sanity_val_steps=0",
+    "callbacks.progress_bar=null",
+    "data.num_train=20",
+    "data.num_test=4",
+    "data.original_size=[128,64]",
+    "data.image_size=[64,32]",
+    "data.batch_size=4",
+    "data.num_workers=0",
+    "seed=0",
+]
+
+
+def fit(cfg, extra_callbacks: list[pl.Callback] = (), ckpt_path: str | None = None) -> tuple[pl.Trainer, Any]:
+    """Train ``cfg`` in this process; returns the trainer and the module."""
+    seed_run(cfg.get("seed"))
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, datamodule)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=build_loggers(cfg.get("logger")) or False
+    )
+    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return trainer, module
+
+
+def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:
+    """A copy of every parameter and buffer (BatchNorm statistics included)."""
+    return {k: v.detach().clone() for k, v in module.state_dict().items()}
+
+
+def changed(before: dict[str, torch.Tensor], after: dict[str, torch.Tensor], keys=None) -> list[str]:
+    """Keys whose tensors are not bit-identical."""
+    return [k for k in (keys or before) if not torch.equal(before[k], after[k])]
+
+
+class LrRecorder(pl.Callback):
+    """The lr of every param group (by name) just before each optimizer step."""
+
+    def __init__(self):
+        self.lrs: list[dict[str, float]] = []
+
+    def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
+        self.lrs.append({g.get("name", str(i)): g["lr"] for i, g in enumerate(optimizer.param_groups)})
+
+
+class BackboneHashes(pl.Callback):
+    """Writes ``<out_dir>/rank<r>_<when>.txt``: a hash of the backbone's weights and buffers on each rank,
+    at the start of fit (``start``) and after each training epoch (``epoch<k>``). Configurable from a
+    script run (``+callbacks.hashes._target_=tests.fit_helpers.BackboneHashes``)."""
+
+    def __init__(self, out_dir: str):
+        self.out_dir = out_dir
+
+    def _write(self, trainer, pl_module, when: str) -> None:
+        import hashlib
+        from pathlib import Path
+
+        digest = hashlib.sha1()
+        for name, tensor in sorted(pl_module.backbone.state_dict().items()):
+            digest.update(name.encode())
+            digest.update(tensor.detach().cpu().contiguous().numpy().tobytes())
+        path = Path(self.out_dir) / f"rank{trainer.global_rank}_{when}.txt"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(digest.hexdigest())
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, "start")
+
+    def on_train_epoch_end(self, trainer, pl_module) -> None:
+        self._write(trainer, pl_module, f"epoch{trainer.current_epoch}")
