@@ -65,7 +65,8 @@ class BackboneFreeze(Callback):
         if stage != "fit":
             return
         max_epochs = trainer.max_epochs
-        if max_epochs is not None and max_epochs >= 0 and self.epochs >= max_epochs:
+        # fast_dev_run (one batch, to check the wiring) runs the frozen phase only, on purpose.
+        if not trainer.fast_dev_run and max_epochs is not None and max_epochs >= 0 and self.epochs >= max_epochs:
             raise ValueError(
                 f"{OPTION}.epochs={self.epochs} >= trainer.max_epochs={max_epochs}: the backbone would never train; "
                 "freeze it for fewer epochs, or use model.freeze_stages to freeze it for the whole run"
