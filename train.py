@@ -20,12 +20,11 @@ register_resolvers()
 
 @hydra.main(version_base="1.3", config_path="conf", config_name="train")
 def main(cfg: DictConfig) -> float | None:
-    from hrexp.training.train_run import train
+    from hrexp.training.train_run import run_job
 
-    record = train(cfg)
-    # Sweepers optimise the value returned here: the best value of the task's metric.
-    best = record.get("best", {}).get(cfg.task.monitor.metric)
-    return None if best is None else best["value"]
+    # Sweepers optimise the value returned here: the best value of the task's metric (NaN for a
+    # job of a sweep that failed; its results.json says why).
+    return run_job(cfg)
 
 
 if __name__ == "__main__":

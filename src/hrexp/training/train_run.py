@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import logging
+import math
+import sys
 import time
+import traceback
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +19,7 @@ from rich.table import Table
 
 from hrexp.data.records import LandmarkSet
 from hrexp.metrics.mean_shape import mean_shape_baseline
-from hrexp.models.complexity import count_parameters
+from hrexp.models.complexity import count_macs, count_parameters
 from hrexp.training.best_metrics import BestMetrics
 from hrexp.training.build import (
     ConfigError,
@@ -45,6 +48,55 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def in_multirun() -> bool:
+    """Whether this job is one of a Hydra multirun (a sweep), not a single run."""
+    try:
+        from hydra.core.hydra_config import HydraConfig
+        from hydra.types import RunMode
+
+        return HydraConfig.get().mode == RunMode.MULTIRUN
+    except ValueError:  # not inside a Hydra app
+        return False
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the process's W&B run, if any, so the next job of a sweep opens its own and a crash shows."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """The body of ``train.py``: train and return the value a sweeper optimises.
+
+    Returns the best value of the task's monitored metric (``val/mre`` for landmarks). A job that
+    fails writes ``results.json`` with ``status: failed`` and the error. In a multirun it then
+    returns NaN, so the sweep goes on (Hydra's sweepers stop at the first exception; Optuna marks a
+    NaN trial as failed); a single run re-raises.
+    """
+    try:
+        record = train(cfg)
+    except Exception as err:
+        log.error("run failed: %s", err, exc_info=True)
+        if rank_zero_only.rank == 0:
+            write_json(_output_dir(cfg) / "results.json", {
+                "status": "failed",
+                "error": f"{type(err).__name__}: {err}",
+                "traceback": traceback.format_exc(),
+                "choices": choices(cfg),
+                "seed": cfg.get("seed"),
+                "tags": list(cfg.get("tags") or []),
+                "output_dir": str(_output_dir(cfg)),
+            })
+        finish_wandb(exit_code=1)
+        if in_multirun():
+            return math.nan
+        raise
+    finish_wandb(exit_code=0)
+    best = record.get("best", {}).get(cfg.task.monitor.metric)
+    return None if best is None else best["value"]
+
+
 def train(cfg: DictConfig) -> dict[str, Any]:
     """Validate, build, train, test and record one run. Returns the run record."""
     out_dir = _output_dir(cfg)
@@ -62,6 +114,8 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.by_name.values()), logger=loggers or False)
 
     params = parameter_counts(module)
+    size = cfg.data.get("image_size") or cfg.data.get("crop_size")  # keypoint inputs / segmentation crops
+    input_size = [int(v) for v in size] if size is not None else None
     record: dict[str, Any] = {
         "status": "running",
         "choices": choices(cfg),
@@ -70,6 +124,10 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         "output_dir": str(out_dir),
         "params": params,
         "params_backbone": count_parameters(module.backbone),
+        # For comparison tables: the input the model sees and its cost there.
+        "input_size": input_size,
+        "macs_g": count_macs(module, (1, 3, *input_size)) / 1e9 if input_size else None,
+        "pretrained": cfg.model.get("pretrained", False),
         "dataset_meta": dict(getattr(datamodule, "dataset_meta", {}) or {}),
     }
     for lg in loggers:

@@ -1,0 +1,92 @@
+"""What a Hydra multirun leaves behind once every job has ended: a status table and the comparison.
+
+:class:`SweepReport` is a Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``). At the
+end of a multirun, with any launcher or sweeper, it reads each job's ``results.json`` from the sweep
+folder, prints which jobs finished and which failed (and why), writes ``sweep_status.json``, and
+writes the comparison report (``comparison.md``/``.csv``/``.png``, see :mod:`hrexp.compare`) into the
+sweep folder, so a sweep ends in a table nobody types by hand.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+from typing import Any
+
+import rich
+from hydra.experimental.callback import Callback
+from omegaconf import DictConfig
+from rich.table import Table
+
+from hrexp.training.run_record import write_json
+
+log = logging.getLogger(__name__)
+
+
+def job_records(sweep_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
+    """``(job folder, results.json or None)`` for each job folder of a sweep, in job order."""
+    jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
+    out = []
+    for job in jobs:
+        path = job / "results.json"
+        out.append((job, json.loads(path.read_text()) if path.is_file() else None))
+    return out
+
+
+def job_status(record: dict[str, Any] | None) -> str:
+    """``finished``, ``failed``, or ``no record`` (the job died before writing one, e.g. killed)."""
+    return "no record" if record is None else str(record.get("status", "unknown"))
+
+
+class SweepReport(Callback):
+    """At the end of a multirun: job statuses (table + ``sweep_status.json``) and the comparison report.
+
+    Args:
+        compare: Write the comparison report into the sweep folder.
+    """
+
+    def __init__(self, compare: bool = True):
+        self.compare = compare
+
+    def on_multirun_end(self, config: DictConfig, **kwargs: Any) -> None:
+        sweep_dir = Path(config.hydra.sweep.dir)
+        if not sweep_dir.is_dir():
+            return
+        jobs = job_records(sweep_dir)
+        rows = []
+        table = Table(title=f"Sweep {sweep_dir}")
+        for column in ("job", "status", "overrides", "note"):
+            table.add_column(column)
+        overrides = {job.name: _job_overrides(job) for job, _ in jobs}
+        # The table shows what tells the jobs apart, not the overrides they all share.
+        shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
+        for job, record in jobs:
+            status = job_status(record)
+            note = (record or {}).get("error", "") if status != "finished" else ""
+            rows.append({"job": job.name, "status": status, "overrides": overrides[job.name], "error": note or None})
+            table.add_row(job.name, status, " ".join(o for o in overrides[job.name] if o not in shared), note[:200])
+        rich.print(table)
+        failed = [r["job"] for r in rows if r["status"] != "finished"]
+        if failed:
+            log.error("sweep %s: %d of %d jobs did not finish: %s", sweep_dir, len(failed), len(rows), failed)
+        write_json(sweep_dir / "sweep_status.json", {"sweep_dir": str(sweep_dir), "jobs": rows, "failed": failed})
+        if self.compare and any(r["status"] == "finished" for r in rows):
+            try:
+                from hrexp.reports.comparison import write_report
+
+                written = write_report([sweep_dir], out_dir=sweep_dir)
+                rich.print(f"[bold]Comparison[/bold] written: {', '.join(str(p) for p in written)}")
+            except Exception as err:  # the sweep's results are already on disk; say why, do not hide them
+                log.error("comparison report for %s failed: %s (run `python -m hrexp.compare %s`)", sweep_dir, err,
+                          sweep_dir, exc_info=True)
+
+
+def _job_overrides(job: Path) -> list[str]:
+    """The job's own overrides (``.hydra/overrides.yaml``), to tell the jobs of a sweep apart."""
+    path = job / ".hydra" / "overrides.yaml"
+    if not path.is_file():
+        return []
+    import yaml
+
+    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
