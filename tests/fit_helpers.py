@@ -90,3 +90,14 @@ class BackboneHashes(pl.Callback):
 
     def on_train_epoch_end(self, trainer, pl_module) -> None:
         self._write(trainer, pl_module, f"epoch{trainer.current_epoch}")
+
+
+class CrashOnTrainStart(pl.Callback):
+    """Raises when training starts if ``crash`` (a sweep parameter): a job that fails mid-run."""
+
+    def __init__(self, crash: bool):
+        self.crash = crash
+
+    def on_train_start(self, trainer, pl_module) -> None:
+        if self.crash:
+            raise RuntimeError("deliberate crash (tests.fit_helpers.CrashOnTrainStart)")

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 
 import pytest
@@ -9,24 +10,54 @@ import pytest
 from test_train_e2e import TINY, run_script
 
 
-def test_multirun_over_three_models_records_params_and_best_metrics(tmp_path, cache_dir):
+def _val_rows(job) -> list[dict[str, str]]:
+    with open(job / "csv" / "metrics.csv") as fh:
+        return [r for r in csv.DictReader(fh) if r.get("val/mre")]
+
+
+def test_multirun_over_three_models_logs_to_one_wandb_group_and_ends_in_a_comparison(tmp_path, cache_dir):
+    """Three models, offline W&B: one group, best metrics in each summary; the comparison the sweep
+    writes equals each run's own CSV log."""
+    from hrexp.training.loggers import read_offline_run
+
     sweep = tmp_path / "sweep"
-    args = ["-m", "model=unet,resnet50,hrnet_w32", "task=landmarks", *TINY, "trainer.max_epochs=1", "test=false",
-            f"hydra.sweep.dir={sweep}"]
+    args = ["-m", "model=unet,resnet50,hrnet_w32", "task=landmarks", *TINY, "trainer.max_epochs=2", "test=false",
+            "logger=many", f"hydra.sweep.dir={sweep}"]
     run_script("train.py", args, cache_dir)
-    records = {}
-    for job in sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit()):
+    records, groups = {}, set()
+    jobs = sorted(p for p in sweep.iterdir() if p.is_dir() and p.name.isdigit())
+    for job in jobs:
         record = json.loads((job / "results.json").read_text())
         records[record["choices"]["model"]] = record
-        assert (job / "csv" / "metrics.csv").is_file()
+        rows = _val_rows(job)
+        (wandb_run,) = (job / "wandb").glob("offline-run-*")
+        run = read_offline_run(wandb_run)
+        groups.add(run.group)
+        assert run.exit_code == 0 and run.job_type == "landmarks"
+        assert run.summary["best/val_mre"] == pytest.approx(min(float(r["val/mre"]) for r in rows), rel=1e-6)
+        assert run.summary["best/val_loss"] == pytest.approx(min(float(r["val/loss"]) for r in rows), rel=1e-6)
+    assert len(jobs) == 3 and len(groups) == 1 and groups.pop().endswith(sweep.name)
     assert set(records) == {"unet", "resnet50", "hrnet_w32"}
     assert records["resnet50"]["choices"]["head"] == "deconv"
-    # each run's parameter count is its own model's (backbone + head), and best values are recorded
+    # each run's parameter count is its own model's (backbone + head)
     assert records["hrnet_w32"]["params_backbone"] == 29_305_536
     assert records["unet"]["params_backbone"] == 7_217_456
     assert records["resnet50"]["params"]["total"] > records["resnet50"]["params_backbone"] + 10_000_000  # deconv head
-    for record in records.values():
-        assert record["best"]["val/mre"]["value"] > 0 and record["best"]["val/loss"]["epoch"] == 0
+
+    # The comparison written at the end of the sweep, against each run's metrics.csv.
+    with open(sweep / "comparison.csv") as fh:
+        table = {row["model"]: row for row in csv.DictReader(fh)}
+    assert set(table) == set(records) and (sweep / "comparison.md").is_file() and (sweep / "comparison.png").is_file()
+    for job in jobs:
+        record = json.loads((job / "results.json").read_text())
+        row = table[record["choices"]["model"]]
+        rows = _val_rows(job)
+        best = min(rows, key=lambda r: float(r["val/mre"]))
+        assert float(row["best val MRE (px)"]) == pytest.approx(float(best["val/mre"]), rel=1e-9)
+        assert int(row["best epoch"]) == int(best["epoch"])
+        assert float(row["val SDR@8px"]) == pytest.approx(float(best["val/sdr_8"]), rel=1e-9)
+        assert float(row["best val loss"]) == pytest.approx(min(float(r["val/loss"]) for r in rows), rel=1e-9)
+        assert float(row["params (M)"]) == pytest.approx(record["params"]["total"] / 1e6, rel=1e-6)
 
 
 # A small landmark job of the scratch HRNet-W18 (~5 s of training), for sweeps of several jobs.
@@ -118,3 +149,20 @@ def test_slurm_launcher_config_composes_with_nodes_gpus_time_and_partition():
     assert (launcher.partition, launcher.timeout_min) == ("gpu", 600)
     assert cfg.trainer.num_nodes == 2 and cfg.trainer.strategy.startswith("ddp")
     GlobalHydra.instance().clear()
+
+
+@pytest.mark.slow  # ~40 s
+def test_a_job_that_crashes_mid_run_still_closes_its_wandb_run(tmp_path, cache_dir):
+    """The first job raises once training has started (its W&B run is open): the run is closed with
+    exit code 1, so the sweep's W&B group shows every job; the second job runs normally."""
+    from hrexp.training.loggers import read_offline_run
+
+    sweep = tmp_path / "crash"
+    run_script("train.py", ["-m", *SMALL_JOB, "logger=wandb", "+callbacks.crash._target_=tests.fit_helpers.CrashOnTrainStart",
+                            "+callbacks.crash.crash=true,false", f"hydra.sweep.dir={sweep}"], cache_dir)
+    jobs = _jobs(sweep)
+    assert jobs[0]["status"] == "failed" and "deliberate crash" in jobs[0]["error"]
+    assert jobs[1]["status"] == "finished"
+    runs = [read_offline_run(next((sweep / str(i) / "wandb").glob("offline-run-*"))) for i in (0, 1)]
+    assert [r.exit_code for r in runs] == [1, 0]
+    assert runs[0].group == runs[1].group != ""
