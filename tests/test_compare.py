@@ -350,3 +350,22 @@ def test_write_report_for_the_sweep_callback(sweep, tmp_path):
     written = write_report([sweep], out_dir=tmp_path / "out")
     assert [p.name for p in written] == ["comparison.md", "comparison.csv", "comparison.png"]
     assert all(p.parent == tmp_path / "out" and p.stat().st_size > 0 for p in written)
+
+
+def test_overrides_column_shows_what_tells_the_runs_apart(tmp_path):
+    """Hydra jobs differing only in hyper-parameters (an Optuna sweep) are told apart by their own overrides."""
+    for job, lr in (("0", "0.001"), ("1", "0.0001")):
+        folder = write_run(tmp_path / "sweep" / job, val_rows=W32_VAL)
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model=hrnet_w32\n- optimizer.lr={lr}\n- seed=0\n")
+    write_run(tmp_path / "sweep" / "2", val_rows=W32_VAL)  # no overrides file: an empty cell
+    result = compare([tmp_path / "sweep"], console=False)
+    assert result.columns[1] == "overrides"
+    assert {r["run"]: r["overrides"] for r in result.rows} == {"0": "optimizer.lr=0.001", "1": "optimizer.lr=0.0001",
+                                                              "2": None}
+    md = {r["run"]: r for r in read_md_rows(tmp_path / "sweep" / "comparison.md")}
+    assert md["1"]["overrides"] == "optimizer.lr=0.0001"
+
+
+def test_no_overrides_column_without_hydra_overrides(sweep):
+    assert "overrides" not in compare([sweep], console=False).columns

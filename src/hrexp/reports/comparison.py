@@ -40,6 +40,7 @@ LABELS = {LOSS: "val loss", "val/mre": "val MRE (px)", "val/mre_mm": "val MRE (m
 FIXED_COLUMNS = ["run", "status", "model", "task", "params (M)", "G multiply-adds", "pretrained"]
 TAIL_COLUMNS = ["best epoch", "train time (s)", "best checkpoint"]
 NOTE = "note"
+OVERRIDES = "overrides"
 # Markdown formats of the non-metric numeric columns; metric columns use 4 significant digits.
 MD_FORMATS = {"params (M)": "{:.2f}", "G multiply-adds": "{:.2f}", "train time (s)": "{:.0f}"}
 
@@ -172,6 +173,8 @@ class Run:
     history: list[dict[str, float]]
     has_csv: bool
     notes: list[str] = field(default_factory=list)
+    # The job's command-line overrides (Hydra's .hydra/overrides.yaml), when the run has them.
+    overrides: list[str] = field(default_factory=list)
 
     @property
     def status(self) -> str:
@@ -216,10 +219,24 @@ def load_run(path: Path, name: str) -> Run:
             columns, history = read_metrics_csv(path / METRICS_CSV)
         except (OSError, csv.Error, UnicodeDecodeError) as exc:
             notes.append(f"unreadable {METRICS_CSV}: {exc}")
-    run = Run(path=path, name=name, record=record, csv_columns=columns, history=history, has_csv=has_csv, notes=notes)
+    run = Run(path=path, name=name, record=record, csv_columns=columns, history=history, has_csv=has_csv, notes=notes,
+              overrides=read_overrides(path))
     if run.status == "finished":  # a running run's log is ahead of its record by design
         run.notes.extend(cross_check(run))
     return run
+
+
+def read_overrides(path: Path) -> list[str]:
+    """The run's Hydra overrides (``.hydra/overrides.yaml``), or ``[]`` when absent or unreadable."""
+    file = path / ".hydra" / "overrides.yaml"
+    if not file.is_file():
+        return []
+    import yaml
+
+    try:
+        return [str(o) for o in (yaml.safe_load(file.read_text()) or [])]
+    except (OSError, yaml.YAMLError):
+        return []
 
 
 def cross_check(run: Run) -> list[str]:
@@ -317,6 +334,9 @@ def build_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
     metrics = list(metrics) if metrics else default_metrics(runs)
     headlines = {r.headline for r in runs if r.headline}
     headers = {m: metric_header(m, headlines) for m in metrics}
+    # What tells the runs apart (e.g. the lr of each Optuna trial): overrides not shared by all runs.
+    with_overrides = [set(r.overrides) for r in runs if r.overrides]
+    shared = set.intersection(*with_overrides) if with_overrides else set()
     rows = []
     for run in runs:
         record = run.record
@@ -326,6 +346,7 @@ def build_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
         ckpt = ((record.get("checkpoints") or {}).get("checkpoint_best_metric") or {}).get("path")
         row: dict[str, Any] = {
             "run": run.name,
+            OVERRIDES: " ".join(o for o in run.overrides if o not in shared) or None,
             "status": run.status,
             "model": choices.get("model"),
             "task": choices.get("task"),
@@ -338,6 +359,8 @@ def build_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
                     "best checkpoint": ckpt, NOTE: "; ".join(run.notes + [note] * bool(note)) or None})
         rows.append(row)
     columns = FIXED_COLUMNS + [headers[m] for m in metrics] + TAIL_COLUMNS
+    if any(r[OVERRIDES] for r in rows):
+        columns.insert(1, OVERRIDES)
     if any(r[NOTE] for r in rows):  # a clean comparison has no empty note column to paste
         columns.append(NOTE)
     return columns, rows
@@ -474,12 +497,12 @@ def print_console(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], bas
     from rich.console import Console
     from rich.table import Table
 
-    keep = [c for c in columns if c in FIXED_COLUMNS or c in ("best epoch", "train time (s)", NOTE)
+    keep = [c for c in columns if c in FIXED_COLUMNS or c in (OVERRIDES, "best epoch", "train time (s)", NOTE)
             or (c.startswith("best ") and c != "best checkpoint")]
     table = Table(title="Run comparison (all columns: comparison.md / comparison.csv)")
     for column in keep:
         table.add_column(column, justify="right" if _numeric(column, rows) else "left", no_wrap=True,
-                         max_width=60 if column == NOTE else None)
+                         max_width=60 if column in (NOTE, OVERRIDES) else None)
     for row in rows:
         table.add_row(*(_md_cell(c, row.get(c), base).replace("\\|", "|") for c in keep))
     console = Console()
