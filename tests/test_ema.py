@@ -46,6 +46,7 @@ def test_the_average_follows_the_ema_recursion(tmp_path, cache_dir):
     assert any(not torch.equal(final[k], recorder.steps[-1][k]) for k in final)
 
 
+@pytest.mark.slow  # ~45 s: one training run and three eval runs
 def test_validation_and_checkpoints_use_the_ema_weights_and_eval_reproduces_them(tmp_path, cache_dir):
     run = tmp_path / "ema"
     run_script("train.py", [*EMA_RUN, f"hydra.run.dir={run}"], cache_dir)
