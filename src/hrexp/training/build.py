@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from hrexp.training.module import HRExpModule
+from hrexp.utils.hydra_runtime import runtime_choices
 
 log = logging.getLogger(__name__)
 
@@ -112,12 +113,7 @@ def choices(cfg: DictConfig) -> dict[str, str]:
     a config composed outside Hydra's app falls back to each group's ``_target_``.
     """
     stored = cfg.get("choices") or {}
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        runtime = HydraConfig.get().runtime.choices
-    except ValueError:  # not inside a Hydra app
-        runtime = {}
+    runtime = runtime_choices()
     out = {}
     for group in GROUPS:
         value = stored.get(group) or runtime.get(group)

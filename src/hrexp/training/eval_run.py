@@ -17,6 +17,7 @@ from hrexp.training.build import ConfigError, build_datamodule, build_loggers, b
 from hrexp.training.run_record import write_json
 from hrexp.training.train_run import seed_run
 from hrexp.utils.config_tree import print_and_save_config
+from hrexp.utils.hydra_runtime import runtime_choices
 
 log = logging.getLogger(__name__)
 
@@ -46,12 +47,7 @@ def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
 
 
 def _eval_choice(group: str) -> str | None:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return HydraConfig.get().runtime.choices.get(group)
-    except ValueError:
-        return None
+    return runtime_choices().get(group)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

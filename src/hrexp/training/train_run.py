@@ -30,6 +30,7 @@ from hrexp.training.build import (
     choices,
 )
 from hrexp.training.run_record import parameter_counts, write_json
+from hrexp.utils.hydra_runtime import in_multirun
 from hrexp.utils.config_tree import print_and_save_config
 
 log = logging.getLogger(__name__)
@@ -46,17 +47,6 @@ def seed_run(seed: Any) -> None:
 
 def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
-
-
-def in_multirun() -> bool:
-    """Whether this job is one of a Hydra multirun (a sweep), not a single run."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        return HydraConfig.get().mode == RunMode.MULTIRUN
-    except ValueError:  # not inside a Hydra app
-        return False
 
 
 def finish_wandb(exit_code: int) -> None:

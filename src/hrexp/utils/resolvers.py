@@ -7,6 +7,8 @@ from typing import Any
 
 from omegaconf import OmegaConf
 
+from hrexp.utils.hydra_runtime import hydra_config, in_multirun
+
 
 def slug(name: str) -> str:
     """Turn a metric name into a file-name-safe tag: ``val/mre`` -> ``val_mre``."""
@@ -24,15 +26,9 @@ def run_group(prefix: Any = None, *, _root_: Any = None) -> str | None:
 
     Used as ``group: ${hrexp_run_group:}`` in ``conf/logger/wandb.yaml``.
     """
-    try:
-        from hydra.core.hydra_config import HydraConfig
-        from hydra.types import RunMode
-
-        hydra_cfg = HydraConfig.get()
-    except (ImportError, ValueError):  # no Hydra, or HydraConfig not set: not inside a Hydra app
+    if not in_multirun():
         return None
-    if hydra_cfg.get("mode") != RunMode.MULTIRUN:
-        return None
+    hydra_cfg = hydra_config()
     sweep_dir = OmegaConf.select(hydra_cfg, "sweep.dir", default=None)
     if not sweep_dir:
         return None
