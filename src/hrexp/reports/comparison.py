@@ -239,6 +239,13 @@ def read_overrides(path: Path) -> list[str]:
         return []
 
 
+def distinguishing_overrides(overrides: Sequence[Sequence[str]]) -> list[list[str]]:
+    """Each run's overrides without those every run that has overrides shares (e.g. each trial's lr)."""
+    present = [set(o) for o in overrides if o]
+    shared = set.intersection(*present) if present else set()
+    return [[o for o in run if o not in shared] for run in overrides]
+
+
 def cross_check(run: Run) -> list[str]:
     """Disagreements between the record's ``best`` and the best of ``metrics.csv``, also logged."""
     problems = []
@@ -335,10 +342,9 @@ def build_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
     headlines = {r.headline for r in runs if r.headline}
     headers = {m: metric_header(m, headlines) for m in metrics}
     # What tells the runs apart (e.g. the lr of each Optuna trial): overrides not shared by all runs.
-    with_overrides = [set(r.overrides) for r in runs if r.overrides]
-    shared = set.intersection(*with_overrides) if with_overrides else set()
+    own_overrides = distinguishing_overrides([r.overrides for r in runs])
     rows = []
-    for run in runs:
+    for run, overrides in zip(runs, own_overrides):
         record = run.record
         choices = record.get("choices") or {}
         total = (record.get("params") or {}).get("total")
@@ -346,7 +352,7 @@ def build_table(runs: Sequence[Run], metrics: Sequence[str] | None = None) -> tu
         ckpt = ((record.get("checkpoints") or {}).get("checkpoint_best_metric") or {}).get("path")
         row: dict[str, Any] = {
             "run": run.name,
-            OVERRIDES: " ".join(o for o in run.overrides if o not in shared) or None,
+            OVERRIDES: " ".join(overrides) or None,
             "status": run.status,
             "model": choices.get("model"),
             "task": choices.get("task"),

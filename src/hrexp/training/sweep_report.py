@@ -19,6 +19,7 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
+from hrexp.reports.comparison import distinguishing_overrides, read_overrides, write_report
 from hrexp.training.run_record import write_json
 
 log = logging.getLogger(__name__)
@@ -58,14 +59,13 @@ class SweepReport(Callback):
         table = Table(title=f"Sweep {sweep_dir}")
         for column in ("job", "status", "overrides", "note"):
             table.add_column(column)
-        overrides = {job.name: _job_overrides(job) for job, _ in jobs}
+        overrides = [read_overrides(job) for job, _ in jobs]
         # The table shows what tells the jobs apart, not the overrides they all share.
-        shared = set.intersection(*(set(o) for o in overrides.values())) if overrides else set()
-        for job, record in jobs:
+        for (job, record), own, distinct in zip(jobs, overrides, distinguishing_overrides(overrides)):
             status = job_status(record)
             note = (record or {}).get("error", "") if status != "finished" else ""
-            rows.append({"job": job.name, "status": status, "overrides": overrides[job.name], "error": note or None})
-            table.add_row(job.name, status, " ".join(o for o in overrides[job.name] if o not in shared), note[:200])
+            rows.append({"job": job.name, "status": status, "overrides": own, "error": note or None})
+            table.add_row(job.name, status, " ".join(distinct), note[:200])
         rich.print(table)
         failed = [r["job"] for r in rows if r["status"] != "finished"]
         if failed:
@@ -73,20 +73,8 @@ class SweepReport(Callback):
         write_json(sweep_dir / "sweep_status.json", {"sweep_dir": str(sweep_dir), "jobs": rows, "failed": failed})
         if self.compare and any(r["status"] == "finished" for r in rows):
             try:
-                from hrexp.reports.comparison import write_report
-
                 written = write_report([sweep_dir], out_dir=sweep_dir)
                 rich.print(f"[bold]Comparison[/bold] written: {', '.join(str(p) for p in written)}")
             except Exception as err:  # the sweep's results are already on disk; say why, do not hide them
                 log.error("comparison report for %s failed: %s (run `python -m hrexp.compare %s`)", sweep_dir, err,
                           sweep_dir, exc_info=True)
-
-
-def _job_overrides(job: Path) -> list[str]:
-    """The job's own overrides (``.hydra/overrides.yaml``), to tell the jobs of a sweep apart."""
-    path = job / ".hydra" / "overrides.yaml"
-    if not path.is_file():
-        return []
-    import yaml
-
-    return [str(o) for o in (yaml.safe_load(path.read_text()) or [])]
