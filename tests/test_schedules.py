@@ -96,3 +96,12 @@ def test_a_group_with_a_start_step_gets_lr_zero_then_ramps_into_the_schedule():
         ramp = 0.0 if s < 4 else min(1.0, (s - 3) / 2)
         assert lrs[s][0] == pytest.approx(1e-3 * cosine, rel=1e-9)
         assert lrs[s][1] == pytest.approx(1e-4 * cosine * ramp, rel=1e-9, abs=1e-15)
+
+
+@pytest.mark.parametrize("name", ["warmup_cosine", "poly", "step_decay"])
+def test_a_negative_warmup_is_refused(name):
+    from hrexp.training import schedules
+
+    extra = {"milestones": [1]} if name == "step_decay" else {}
+    with pytest.raises(ValueError, match="warmup must be >= 0 steps, got -2"):
+        getattr(schedules, name)(_optimizer(), total_steps=10, steps_per_epoch=2, warmup_steps=-2, **extra)

@@ -81,21 +81,10 @@ class BackboneFreeze(Callback):
                     "(or ddp_spawn_find_unused_parameters_true)"
                 )
 
-    def frozen_at(self, epoch: int) -> bool:
-        return epoch < self.epochs
-
-    def _apply(self, trainer: pl.Trainer, pl_module: Any) -> None:
-        frozen = self.frozen_at(trainer.current_epoch)
+    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
+        # Before every training step, not at epoch start: a run resumed mid-epoch skips
+        # on_train_epoch_start. Only the switch itself does any work.
+        frozen = trainer.current_epoch < self.epochs
         if pl_module.backbone_frozen != frozen:
             pl_module.set_backbone_frozen(frozen)
             log.info("epoch %d: backbone %s", trainer.current_epoch, "frozen (head only)" if frozen else "unfrozen")
-
-    def on_train_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(trainer, pl_module)
-
-    def on_train_epoch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
-        self._apply(trainer, pl_module)
-
-    def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
-        # A run resumed mid-epoch skips on_train_epoch_start; this keeps the phase right anyway.
-        self._apply(trainer, pl_module)

@@ -22,9 +22,10 @@ log = logging.getLogger(__name__)
 
 
 def _warmup_steps(warmup_epochs: float, warmup_steps: int | None, steps_per_epoch: int) -> int:
-    if warmup_steps is not None:
-        return int(warmup_steps)
-    return int(round(warmup_epochs * steps_per_epoch))
+    warm = int(warmup_steps) if warmup_steps is not None else int(round(warmup_epochs * steps_per_epoch))
+    if warm < 0:
+        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
+    return warm
 
 
 def delayed(factor: Callable[[int], float], start_step: int = 0, ramp_steps: int = 0) -> Callable[[int], float]:
@@ -63,8 +64,6 @@ def _warmup_then_decay(
     ``progress = (s - W) / max(1, T - W)`` runs from 0 to 1 over the decay; ``shape`` maps it to
     the decay curve (1 at 0, 0 at 1). Every param group decays from its own ``lr``.
     """
-    if warm < 0:
-        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
     if total_steps > 0 and warm >= total_steps:
         # Warmup longer than the run would never reach the peak lr: clip it, keeping one decay step.
         log.warning("scheduler: warmup of %d steps >= the run's %d steps; clipped to %d", warm, total_steps, total_steps - 1)
@@ -196,8 +195,6 @@ def step_decay(
         log.warning("scheduler: milestones %s (epochs) are at or past the run's end (%d steps); they never apply",
                     late, total_steps)
     warm = _warmup_steps(warmup_epochs, warmup_steps, steps_per_epoch)
-    if warm < 0:
-        raise ValueError(f"scheduler: warmup must be >= 0 steps, got {warm}")
 
     def factor(step: int) -> float:
         if step < warm:
