@@ -1,8 +1,7 @@
 """In-process training for tests that inspect optimizer, weights and schedule state during a run.
 
-``fit`` builds a run from a composed config exactly as ``hrexp.training.train_run.train`` does
-(datamodule, module, the config's callbacks and loggers, the Trainer), adds the test's own
-recording callbacks, and runs ``trainer.fit``.
+``fit`` builds a run from a composed config with ``train_run.build_run``, as ``train`` does (the
+config's callbacks plus the test's own recording ones), and runs ``trainer.fit``.
 """
 
 from __future__ import annotations
@@ -11,10 +10,8 @@ from typing import Any
 
 import lightning.pytorch as pl
 import torch
-from hydra.utils import instantiate
 
-from hrexp.training.build import build_callbacks, build_datamodule, build_loggers, build_module
-from hrexp.training.train_run import seed_run
+from hrexp.training.train_run import build_run
 
 # The scratch HRNet-W18 on a small synthetic spine set: 2 steps of batch 4 per epoch at 64x32.
 TINY_W18 = [
@@ -34,15 +31,9 @@ TINY_W18 = [
 
 def fit(cfg, extra_callbacks: list[pl.Callback] = (), ckpt_path: str | None = None) -> tuple[pl.Trainer, Any]:
     """Train ``cfg`` in this process; returns the trainer and the module."""
-    seed_run(cfg.get("seed"))
-    datamodule = build_datamodule(cfg.data)
-    module = build_module(cfg, datamodule)
-    callbacks = build_callbacks(cfg.get("callbacks"))
-    trainer = instantiate(
-        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=build_loggers(cfg.get("logger")) or False
-    )
-    trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
-    return trainer, module
+    run = build_run(cfg, extra_callbacks)
+    run.trainer.fit(run.module, datamodule=run.datamodule, ckpt_path=ckpt_path, weights_only=True)
+    return run.trainer, run.module
 
 
 def snapshot(module: torch.nn.Module) -> dict[str, torch.Tensor]:

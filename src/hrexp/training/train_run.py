@@ -8,7 +8,7 @@ import sys
 import time
 import traceback
 from pathlib import Path
-from typing import Any
+from typing import Any, NamedTuple, Sequence
 
 import lightning.pytorch as pl
 import rich
@@ -22,6 +22,7 @@ from hrexp.metrics.mean_shape import mean_shape_baseline
 from hrexp.models.complexity import count_macs, count_parameters
 from hrexp.training.best_metrics import BestMetrics
 from hrexp.training.build import (
+    Callbacks,
     ConfigError,
     build_callbacks,
     build_datamodule,
@@ -29,6 +30,7 @@ from hrexp.training.build import (
     build_module,
     choices,
 )
+from hrexp.training.module import HRExpModule
 from hrexp.training.run_record import parameter_counts, write_json
 from hrexp.utils.hydra_runtime import in_multirun
 from hrexp.utils.config_tree import print_and_save_config
@@ -87,21 +89,41 @@ def run_job(cfg: DictConfig) -> float | None:
     return None if best is None else best["value"]
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
-    """Validate, build, train, test and record one run. Returns the run record."""
-    out_dir = _output_dir(cfg)
-    if rank_zero_only.rank == 0:
-        print_and_save_config(cfg, out_dir)
-    seed_run(cfg.get("seed"))
+class RunParts(NamedTuple):
+    """The objects of one run, built from its config."""
 
-    # Everything that can fail on config or data fails here, before the first step.
+    datamodule: pl.LightningDataModule
+    module: HRExpModule
+    callbacks: Callbacks
+    loggers: list[Any]
+    trainer: pl.Trainer
+
+
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> RunParts:
+    """Seed, then build datamodule (data read and validated), module, callbacks, loggers and Trainer.
+
+    Everything that can fail on config or data fails here, before the first step.
+    ``extra_callbacks`` join the config's (tests use them to watch a run).
+    """
+    seed_run(cfg.get("seed"))
     datamodule = build_datamodule(cfg.data)
     module = build_module(cfg, datamodule)
     callbacks = build_callbacks(cfg.get("callbacks"))
     if cfg.get("test") and cfg.get("train"):
         callbacks.checkpoint(cfg.test_ckpt)
     loggers = build_loggers(cfg.get("logger"))
-    trainer: pl.Trainer = instantiate(cfg.trainer, callbacks=list(callbacks.by_name.values()), logger=loggers or False)
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False
+    )
+    return RunParts(datamodule, module, callbacks, loggers, trainer)
+
+
+def train(cfg: DictConfig) -> dict[str, Any]:
+    """Validate, build, train, test and record one run. Returns the run record."""
+    out_dir = _output_dir(cfg)
+    if rank_zero_only.rank == 0:
+        print_and_save_config(cfg, out_dir)
+    datamodule, module, callbacks, loggers, trainer = build_run(cfg)
 
     params = parameter_counts(module)
     size = cfg.data.get("image_size") or cfg.data.get("crop_size")  # keypoint inputs / segmentation crops
