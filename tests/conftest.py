@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+from collections.abc import Iterator
 from pathlib import Path
 
 # Before anything imports timm: no hub access here, and timm would retry for ~50 s.
@@ -38,6 +40,17 @@ def cache_dir(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("hrexp_cache")
     os.environ["HREXP_CACHE_DIR"] = str(path)
     return path
+
+
+@pytest.fixture(scope="module")
+def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
+    """A folder for a test module's shared training run, removed when the module is done unless one of its
+    tests failed. Each run writes hundreds of MB of checkpoints; kept for the whole session they filled the disk."""
+    path = tmp_path_factory.mktemp(request.module.__name__.rsplit(".", 1)[-1])
+    failed_before = request.session.testsfailed
+    yield path
+    if request.session.testsfailed == failed_before:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def compose_for(overrides: list[str], out_dir: Path, name: str = "train"):

@@ -62,11 +62,11 @@ def _adam_steps(trainer) -> dict[str, set[int]]:
 
 
 @pytest.fixture(scope="module")
-def phased_run(tmp_path_factory, cache_dir):
+def phased_run(module_tmp, cache_dir):
     from tests.conftest import compose_for
 
     snaps, lrs = EpochSnapshots(), LrRecorder()
-    cfg = compose_for(PHASED, tmp_path_factory.mktemp("phased"))
+    cfg = compose_for(PHASED, module_tmp)
     trainer, module = fit(cfg, [snaps, lrs])
     return trainer, module, snaps, lrs
 

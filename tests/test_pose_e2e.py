@@ -41,9 +41,9 @@ def read_rows(run_dir: Path, column: str) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def pose_run(tmp_path_factory, cache_dir):
+def pose_run(module_tmp, cache_dir):
     coco = shared_path("pose_coco_samples", "coco")
-    run_dir = tmp_path_factory.mktemp("pose") / "run"
+    run_dir = module_tmp / "run"
     args = [
         "model=hrnet_w32", "task=pose", "data=coco_pose", f"data.root={coco}",
         "data.train_json=test_coco.json", "data.train_images=null",

@@ -105,9 +105,9 @@ def test_segmentation_uses_the_hrnetv2_head_with_480_channels_for_w32(compose_cf
 
 
 @pytest.fixture(scope="module")
-def seg_run(tmp_path_factory, cache_dir):
+def seg_run(module_tmp, cache_dir):
     kvasir = shared_path("seg_kvasir")
-    run_dir = tmp_path_factory.mktemp("seg") / "run"
+    run_dir = module_tmp / "run"
     args = [
         "model=hrnet_w18", "task=segmentation", "data=kvasir", f"data.root={kvasir}", "data.crop_size=[64,64]",
         "data.eval_max_size=64", "data.num_workers=0", "trainer.max_epochs=2", "trainer.limit_train_batches=2",

@@ -47,8 +47,8 @@ def read_val_rows(run_dir: Path) -> list[dict[str, str]]:
 
 
 @pytest.fixture(scope="module")
-def trained_run(tmp_path_factory, cache_dir):
-    run_dir = tmp_path_factory.mktemp("train") / "run"
+def trained_run(module_tmp, cache_dir):
+    run_dir = module_tmp / "run"
     proc = run_script("train.py", ["model=hrnet_w32", "task=landmarks", *TINY, f"hydra.run.dir={run_dir}"], cache_dir)
     return run_dir, proc
 

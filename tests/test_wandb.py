@@ -122,8 +122,8 @@ def test_callback_is_a_no_op_without_wandb_and_skips_tasks_without_keypoints():
 
 # --- one offline training run --------------------------------------------------------------------
 @pytest.fixture(scope="module")
-def wandb_run(tmp_path_factory, cache_dir):
-    run_dir = tmp_path_factory.mktemp("wandb") / "run"
+def wandb_run(module_tmp, cache_dir):
+    run_dir = module_tmp / "run"
     data_dir = run_dir.parent / "wandb-data"  # artifact staging, instead of ~/.local/share/wandb
     args = [*TINY, "model=hrnet_w18", f"trainer.max_epochs={EPOCHS}", "test=false", "tags=[wandb-test]",
             "logger=many", "logger.wandb.log_model=true", "callbacks=[default,wandb_images]",
