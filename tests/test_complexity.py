@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import pytest
+import torch
 from torch import nn
 
 from hrexp.models.complexity import count_macs, count_parameters
@@ -15,6 +16,37 @@ def test_macs_of_one_conv_match_hand_computation():
     assert count_macs(conv, (1, 3, 16, 12)) == 3 * 3 * 3 * 8 * 16 * 12
     linear = nn.Linear(10, 4)
     assert count_macs(linear, (2, 10)) == 2 * 10 * 4
+
+
+def test_meta_device_count_equals_a_real_forward_and_leaves_the_module_as_it_was():
+    from hrexp.models.complexity import _count, _meta_copy
+
+    model = _PoseHRNet(18).train()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    real = _count(model, torch.zeros(1, 3, 64, 48))
+    copy = _meta_copy(model)
+    assert {t.device.type for t in [*copy.parameters(), *copy.buffers()]} == {"meta"}
+    assert _count(copy, torch.zeros(1, 3, 64, 48, device="meta")) == real
+    assert count_macs(model, (1, 3, 64, 48)) == real
+    assert model.training
+    after = model.state_dict()
+    assert all(after[k].device.type == "cpu" and torch.equal(after[k], v) for k, v in before.items())
+
+
+class _DataDependent(nn.Module):
+    """A forward that reads a value (no meta kernel can): the count falls back to a real forward."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 4, 1, bias=False)
+
+    def forward(self, x):
+        y = self.conv(x)
+        return y * float(y.abs().sum().item() >= 0)
+
+
+def test_a_module_that_cannot_run_on_meta_is_counted_by_a_real_forward():
+    assert count_macs(_DataDependent(), (1, 3, 8, 8)) == 3 * 4 * 8 * 8
 
 
 class _PoseHRNet(nn.Module):
