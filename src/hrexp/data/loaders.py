@@ -1,8 +1,8 @@
-"""The one DataLoader set-up every datamodule uses."""
+"""The one DataLoader set-up every datamodule uses, and how callbacks find the evaluation loader."""
 
 from __future__ import annotations
 
-from typing import Callable
+from typing import Any, Callable
 
 from torch.utils.data import DataLoader, Dataset
 
@@ -31,3 +31,14 @@ def make_loader(
         collate_fn=collate_fn,
         persistent_workers=num_workers > 0,
     )
+
+
+def eval_loader(trainer: Any, stage: str = "val") -> DataLoader | None:
+    """The first validation (``stage="val"``) or test loader of a Lightning trainer, or None.
+
+    Lightning holds one loader, or a list when a datamodule returns several; hrexp evaluates the first.
+    """
+    loaders = trainer.val_dataloaders if stage == "val" else trainer.test_dataloaders
+    if isinstance(loaders, (list, tuple)):
+        loaders = loaders[0] if loaders else None
+    return loaders

@@ -14,6 +14,7 @@ from rich.table import Table
 from torch import nn
 from torchmetrics import MeanMetric
 
+from hrexp.data.loaders import eval_loader
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
 from hrexp.training.phases import BackboneFreeze
 
@@ -87,10 +88,7 @@ class HRExpModule(pl.LightningModule):
     def _eval_epoch_start(self, stage: str) -> None:
         # A task scored against a whole-split ground truth (pose: COCO annotations) gets the dataset
         # of the loader about to run: eval.py may test on the validation loader.
-        loaders = self.trainer.val_dataloaders if stage == "val" else self.trainer.test_dataloaders
-        if isinstance(loaders, (list, tuple)):
-            loaders = loaders[0]
-        self.task.on_eval_epoch_start(stage, getattr(loaders, "dataset", None))
+        self.task.on_eval_epoch_start(stage, getattr(eval_loader(self.trainer, stage), "dataset", None))
 
     def _eval_step(self, stage: str, batch: Mapping[str, torch.Tensor]) -> None:
         # A task may run its own inference (segmentation: whole images or sliding windows).

@@ -13,6 +13,7 @@ import torch
 from lightning.pytorch.loggers import WandbLogger
 from torch.utils.data import default_collate
 
+from hrexp.data.loaders import eval_loader
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 
 log = logging.getLogger(__name__)
@@ -126,9 +127,7 @@ class WandbValImages(pl.Callback):
             self._skip_reason = reason
 
     def _first_samples(self, trainer: pl.Trainer) -> Mapping[str, Any] | None:
-        loader = trainer.val_dataloaders
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0] if loader else None
+        loader = eval_loader(trainer)
         dataset = getattr(loader, "dataset", None)
         if dataset is None or not hasattr(dataset, "__len__") or len(dataset) == 0:
             return None
@@ -140,10 +139,7 @@ class WandbValImages(pl.Callback):
 
     @staticmethod
     def _normalisation(trainer: pl.Trainer) -> tuple[Sequence[float], Sequence[float]]:
-        loader = trainer.val_dataloaders
-        if isinstance(loader, (list, tuple)):
-            loader = loader[0]
-        transform = getattr(getattr(loader, "dataset", None), "transform", None)
+        transform = getattr(getattr(eval_loader(trainer), "dataset", None), "transform", None)
         mean, std = getattr(transform, "mean", None), getattr(transform, "std", None)
         return (IMAGENET_MEAN if mean is None else mean), (IMAGENET_STD if std is None else std)
 
