@@ -369,3 +369,31 @@ def test_overrides_column_shows_what_tells_the_runs_apart(tmp_path):
 
 def test_no_overrides_column_without_hydra_overrides(sweep):
     assert "overrides" not in compare([sweep], console=False).columns
+
+
+def test_sweep_report_lists_each_jobs_status_and_why_the_others_did_not_finish(sweep):
+    from omegaconf import OmegaConf
+
+    from hrexp.training.sweep_report import SweepReport
+
+    overrides = [["model=hrnet_w32", "seed=0"], ["model=unet", "seed=0"], ["model=resnet50", "seed=0"],
+                 ["model=hrnet_w18", "seed=0"], ["model=vit", "seed=0"]]
+    (sweep / "3").mkdir()  # killed before it wrote anything but Hydra's files
+    (sweep / "4").mkdir()
+    (sweep / "4" / "results.json").write_text('{"status": "fin')  # cut off mid-write
+    for job, own in enumerate(overrides):
+        (sweep / str(job) / ".hydra").mkdir()
+        (sweep / str(job) / ".hydra" / "overrides.yaml").write_text("".join(f"- {o}\n" for o in own))
+
+    SweepReport().on_multirun_end(OmegaConf.create({"hydra": {"sweep": {"dir": str(sweep)}}}))
+
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    assert [j["status"] for j in status["jobs"]] == ["finished", "finished", "failed", "no record", "no record"]
+    assert status["failed"] == ["2", "3", "4"]
+    assert [j["overrides"] for j in status["jobs"]] == overrides
+    errors = [j["error"] for j in status["jobs"]]
+    assert errors[:2] == [None, None] and errors[2].startswith("RuntimeError: CUDA out of memory")
+    assert "no results.json" in errors[3] and "unreadable results.json" in errors[4]
+    # the comparison of the sweep is written beside it, with the finished jobs' best MRE
+    rows = {r["run"]: r for r in read_csv_rows(sweep / "comparison.csv")}
+    assert float(rows["0"][MRE]) == 6.0 and float(rows["1"][MRE]) == 5.0

@@ -9,7 +9,6 @@ sweep folder, so a sweep ends in a table nobody types by hand.
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 from typing import Any
@@ -19,25 +18,21 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from hrexp.reports.comparison import distinguishing_overrides, read_overrides, write_report
+from hrexp.reports.comparison import Run, distinguishing_overrides, load_run, write_report
 from hrexp.training.run_record import write_json
 
 log = logging.getLogger(__name__)
 
 
-def job_records(sweep_dir: Path) -> list[tuple[Path, dict[str, Any] | None]]:
-    """``(job folder, results.json or None)`` for each job folder of a sweep, in job order."""
+def sweep_jobs(sweep_dir: Path) -> list[Run]:
+    """Each job folder of a sweep (its numbered subfolders), read as the comparison reads a run, in job order."""
     jobs = sorted((p for p in sweep_dir.iterdir() if p.is_dir() and p.name.isdigit()), key=lambda p: int(p.name))
-    out = []
-    for job in jobs:
-        path = job / "results.json"
-        out.append((job, json.loads(path.read_text()) if path.is_file() else None))
-    return out
+    return [load_run(job, job.name) for job in jobs]
 
 
-def job_status(record: dict[str, Any] | None) -> str:
-    """``finished``, ``failed``, or ``no record`` (the job died before writing one, e.g. killed)."""
-    return "no record" if record is None else str(record.get("status", "unknown"))
+def job_status(run: Run) -> str:
+    """``finished``, ``failed``, or ``no record`` (the job died before writing a readable one, e.g. killed)."""
+    return run.status if run.record else "no record"
 
 
 class SweepReport(Callback):
@@ -54,17 +49,17 @@ class SweepReport(Callback):
         sweep_dir = Path(config.hydra.sweep.dir)
         if not sweep_dir.is_dir():
             return
-        jobs = job_records(sweep_dir)
+        jobs = sweep_jobs(sweep_dir)
         rows = []
         table = Table(title=f"Sweep {sweep_dir}")
         for column in ("job", "status", "overrides", "note"):
             table.add_column(column)
-        overrides = [read_overrides(job) for job, _ in jobs]
         # The table shows what tells the jobs apart, not the overrides they all share.
-        for (job, record), own, distinct in zip(jobs, overrides, distinguishing_overrides(overrides)):
-            status = job_status(record)
-            note = (record or {}).get("error", "") if status != "finished" else ""
-            rows.append({"job": job.name, "status": status, "overrides": own, "error": note or None})
+        for job, distinct in zip(jobs, distinguishing_overrides([job.overrides for job in jobs])):
+            status = job_status(job)
+            # A failed job's first note is its error; a job without a record says why there is none.
+            note = "; ".join(job.notes) if status != "finished" else ""
+            rows.append({"job": job.name, "status": status, "overrides": job.overrides, "error": note or None})
             table.add_row(job.name, status, " ".join(distinct), note[:200])
         rich.print(table)
         failed = [r["job"] for r in rows if r["status"] != "finished"]
