@@ -42,12 +42,8 @@ def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
     if cfg.get("data") is not None:
         # Resolve in this command's context (its paths), then hand it to the run's config.
         run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
-        run_cfg.choices.data = _eval_choice("data") or run_cfg.choices.data
+        run_cfg.choices.data = runtime_choices().get("data") or run_cfg.choices.data
     return run_cfg
-
-
-def _eval_choice(group: str) -> str | None:
-    return runtime_choices().get(group)
 
 
 def evaluate(cfg: DictConfig) -> dict[str, Any]:

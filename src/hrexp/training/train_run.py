@@ -51,6 +51,17 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
+def _record_header(cfg: DictConfig, status: str) -> dict[str, Any]:
+    """The fields that open every run record, finished or failed: what ran and where."""
+    return {
+        "status": status,
+        "choices": choices(cfg),
+        "seed": cfg.get("seed"),
+        "tags": list(cfg.get("tags") or []),
+        "output_dir": str(_output_dir(cfg)),
+    }
+
+
 def finish_wandb(exit_code: int) -> None:
     """Close the process's W&B run, if any, so the next job of a sweep opens its own and a crash shows."""
     wandb = sys.modules.get("wandb")
@@ -72,13 +83,9 @@ def run_job(cfg: DictConfig) -> float | None:
         log.error("run failed: %s", err, exc_info=True)
         if rank_zero_only.rank == 0:
             write_json(_output_dir(cfg) / "results.json", {
-                "status": "failed",
+                **_record_header(cfg, "failed"),
                 "error": f"{type(err).__name__}: {err}",
                 "traceback": traceback.format_exc(),
-                "choices": choices(cfg),
-                "seed": cfg.get("seed"),
-                "tags": list(cfg.get("tags") or []),
-                "output_dir": str(_output_dir(cfg)),
             })
         finish_wandb(exit_code=1)
         if in_multirun():
@@ -129,11 +136,7 @@ def train(cfg: DictConfig) -> dict[str, Any]:
     size = cfg.data.get("image_size") or cfg.data.get("crop_size")  # keypoint inputs / segmentation crops
     input_size = [int(v) for v in size] if size is not None else None
     record: dict[str, Any] = {
-        "status": "running",
-        "choices": choices(cfg),
-        "seed": cfg.get("seed"),
-        "tags": list(cfg.get("tags") or []),
-        "output_dir": str(out_dir),
+        **_record_header(cfg, "running"),
         "params": params,
         "params_backbone": count_parameters(module.backbone),
         # For comparison tables: the input the model sees and its cost there.
