@@ -1,28 +1,13 @@
 """Evaluate a checkpoint: ``python eval.py ckpt_path=<file.ckpt> [split=test|val] [data=... data.x=...]``.
 
-Writes ``per_landmark.csv`` and ``summary.json`` to its run folder (logs/eval/runs/<time>).
+The same as the installed ``hrexp-eval``, with this repository as the project root. Writes the
+task's per-item tables (``per_landmark.csv``, ``per_class.csv``, ...) and ``summary.json`` to its
+run folder (logs/eval/runs/<time>).
 """
 
-import os
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("PROJECT_ROOT", str(Path(__file__).resolve().parent))
-
-import hydra  # noqa: E402
-from omegaconf import DictConfig  # noqa: E402
-
-from hrexp.utils.resolvers import register_resolvers  # noqa: E402
-
-register_resolvers()
-
-
-@hydra.main(version_base="1.3", config_path="conf", config_name="eval")
-def main(cfg: DictConfig) -> None:
-    from hrexp.training.eval_run import evaluate
-
-    evaluate(cfg)
-
+from hrexp.cli import evaluate
 
 if __name__ == "__main__":
-    main()
+    evaluate(project_root=Path(__file__).resolve().parent)

@@ -7,21 +7,18 @@ import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
-# Before anything imports timm: no hub access here, and timm would retry for ~50 s.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("WANDB_MODE", "offline")
+from hrexp.startup import CONFIG_DIR, startup
+
 ROOT = Path(__file__).resolve().parents[1]
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
+# The entry points' start-up (offline hub before anything imports timm, project root, resolvers).
+startup(ROOT)
+os.environ.setdefault("WANDB_MODE", "offline")
 
 import pytest  # noqa: E402
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
-
-from hrexp.utils.resolvers import register_resolvers  # noqa: E402
-
-register_resolvers()
 
 SHARED_DATA = Path(os.environ.get("HREXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
 
@@ -54,9 +51,9 @@ def module_tmp(tmp_path_factory, request) -> Iterator[Path]:
 
 
 def compose_for(overrides: list[str], out_dir: Path, name: str = "train"):
-    """Compose ``conf/<name>.yaml`` with overrides, as ``train.py`` would, with outputs in ``out_dir/run``."""
+    """Compose ``hrexp/conf/<name>.yaml`` with overrides, as ``train.py`` would, with outputs in ``out_dir/run``."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name=name, overrides=list(overrides), return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = str(Path(out_dir) / "run")

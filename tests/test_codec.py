@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrexp.codecs import GaussianHeatmapCodec
+from hrexp.codecs.heatmap import GaussianHeatmapCodec
 
 
 def _to_heatmap(x: float, stride: float) -> float:

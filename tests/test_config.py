@@ -6,6 +6,7 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
+from hrexp.startup import CONFIG_DIR
 from hrexp.training.build import ConfigError, check_input_size
 from hrexp.training.train_run import seed_run
 
@@ -49,7 +50,7 @@ def test_best_metric_checkpoint_follows_task_monitor(compose_cfg):
     assert loss_cb.monitor == "val/loss"
 
 
-@pytest.mark.parametrize("model", sorted(p.stem for p in (ROOT / "conf" / "model").glob("*.yaml") if not p.stem.startswith("_")))
+@pytest.mark.parametrize("model", sorted(p.stem for p in (CONFIG_DIR / "model").glob("*.yaml") if not p.stem.startswith("_")))
 def test_every_model_option_composes(compose_cfg, model):
     cfg = compose_cfg([f"model={model}"])
     assert "_target_" in cfg.model
@@ -146,7 +147,7 @@ def test_pose_config_keeps_the_best_ap_checkpoint_and_resolves_paths_against_roo
     assert dm.paths["test_json"] is None and dm.paths["train_images"] == Path("/data/coco/train2017")
 
 
-@pytest.mark.parametrize("scheduler", sorted(p.stem for p in (ROOT / "conf" / "scheduler").glob("*.yaml")))
+@pytest.mark.parametrize("scheduler", sorted(p.stem for p in (CONFIG_DIR / "scheduler").glob("*.yaml")))
 def test_every_scheduler_option_builds_a_per_step_schedule(compose_cfg, scheduler):
     import torch
     from hydra.utils import instantiate
@@ -162,8 +163,8 @@ def test_every_scheduler_option_builds_a_per_step_schedule(compose_cfg, schedule
 
 def test_optional_callbacks_compose_beside_the_defaults(compose_cfg):
     from hrexp.training.build import build_callbacks
-    from hrexp.training.ema import EMA
-    from hrexp.training.phases import BackboneFreeze
+    from hrexp.callbacks.ema import EMA
+    from hrexp.callbacks.freeze_backbone import BackboneFreeze
 
     cfg = compose_cfg(["callbacks=[default,freeze_backbone,ema]", "callbacks.freeze_backbone.epochs=3"])
     built = build_callbacks(cfg.callbacks).by_name

@@ -14,6 +14,7 @@ import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
+from hrexp.startup import CONFIG_DIR
 from hrexp.data.datamodule import (
     AasceDataModule,
     CocoLandmarkDataModule,
@@ -253,7 +254,7 @@ def _compose(tmp_path: Path, data: str, overrides: list[str]):
     primary.mkdir(exist_ok=True)
     (primary / "main.yaml").write_text(
         "defaults:\n  - data: synthetic_spine\n  - _self_\n"
-        f"hydra:\n  searchpath:\n    - file://{REPO / 'conf'}\n"
+        f"hydra:\n  searchpath:\n    - file://{CONFIG_DIR}\n"
         f"paths:\n  shared_data: {SHARED}\n  cache_dir: {tmp_path / 'cache'}\n"
     )
     assert hydra

@@ -8,7 +8,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from hrexp.training.ema import EMA
+from hrexp.callbacks.ema import EMA
 from tests.conftest import compose_for
 from tests.fit_helpers import TINY_W18, fit, snapshot
 from tests.test_train_e2e import read_val_rows, run_script

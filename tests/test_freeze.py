@@ -11,7 +11,8 @@ import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hrexp.models import HighResolutionNet, TimmBackbone  # noqa: E402
+from hrexp.models.hrnet import HighResolutionNet  # noqa: E402
+from hrexp.models.timm_backbone import TimmBackbone  # noqa: E402
 from hrexp.models.freeze import hrnet_frozen_modules  # noqa: E402
 
 X = torch.randn(2, 3, 64, 64, generator=torch.Generator().manual_seed(0))

@@ -13,15 +13,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from hrexp.models import (
-    DeconvHead,
-    HeatmapHead,
-    HighResolutionNet,
-    HRNetV2Head,
-    TimmBackbone,
-    UNet,
-    check_head_fits,
-)
+from hrexp.startup import CONFIG_DIR
+from hrexp.models.heads import DeconvHead, HRNetV2Head, HeatmapHead, check_head_fits
+from hrexp.models.hrnet import HighResolutionNet
+from hrexp.models.timm_backbone import TimmBackbone
+from hrexp.models.unet import UNet
 
 HRNET_W32_INFO = [
     {"num_chs": 32, "reduction": 4},
@@ -101,7 +97,7 @@ def test_hrnetv2_head_odd_input_and_upsample_to_input(hrnet_w32):
 
 
 def test_hrnetv2_head_on_unet_config_features():
-    cfg = OmegaConf.load(os.path.join(os.path.dirname(__file__), "..", "conf", "model", "unet.yaml"))
+    cfg = OmegaConf.load(CONFIG_DIR / "model" / "unet.yaml")
     cfg.base_width = 4  # the config's layout, narrower: fast
     backbone = hydra.utils.instantiate(cfg).eval()
     head = HRNetV2Head(backbone.feature_info, num_outputs=2).eval()

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrexp.losses import WeightedHeatmapMSE
+from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
 
 
 def _numpy_loss(pred: np.ndarray, target: np.ndarray, weights: np.ndarray) -> float:

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from hrexp.metrics import LandmarkError
+from hrexp.metrics.landmark_error import LandmarkError
 
 K = 5
 RADII = (4, 8, 12, 16, 20, 24)

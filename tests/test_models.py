@@ -16,9 +16,12 @@ import timm
 import torch
 from torch import nn
 
-from hrexp.models import HeatmapHead, HighResolutionNet, TimmBackbone, load_timm_hrnet_state_dict
+from hrexp.startup import CONFIG_DIR
+from hrexp.models.heads import HeatmapHead
+from hrexp.models.hrnet import HighResolutionNet, load_timm_hrnet_state_dict
+from hrexp.models.timm_backbone import TimmBackbone
 
-CONF_DIR = Path(__file__).resolve().parents[1] / "conf" / "model"
+CONF_DIR = CONFIG_DIR / "model"
 STRIDES = [4, 8, 16, 32]
 
 

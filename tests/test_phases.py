@@ -6,7 +6,7 @@ import lightning.pytorch as pl
 import pytest
 import torch
 
-from hrexp.training.phases import BackboneFreeze
+from hrexp.callbacks.freeze_backbone import BackboneFreeze
 from hrexp.training.schedules import delayed
 from tests.fit_helpers import TINY_W18, LrRecorder, changed, fit, snapshot
 

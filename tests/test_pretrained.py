@@ -18,7 +18,8 @@ import torch  # noqa: E402
 from safetensors.torch import save_file  # noqa: E402
 from torch import nn  # noqa: E402
 
-from hrexp.models import HighResolutionNet, TimmBackbone  # noqa: E402
+from hrexp.models.hrnet import HighResolutionNet  # noqa: E402
+from hrexp.models.timm_backbone import TimmBackbone  # noqa: E402
 from hrexp.models.pretrained import strip_known_prefixes, unwrap_state_dict  # noqa: E402
 
 LOGGER = "hrexp.models.pretrained"

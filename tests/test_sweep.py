@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+from hrexp.startup import CONFIG_DIR
 from test_train_e2e import TINY, run_script
 
 
@@ -138,7 +139,7 @@ def test_slurm_launcher_config_composes_with_nodes_gpus_time_and_partition():
     from tests.conftest import ROOT
 
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose("train", overrides=[
             "hydra/launcher=slurm", "hydra.launcher.partition=gpu", "hydra.launcher.nodes=2",
             "hydra.launcher.gpus_per_node=4", "hydra.launcher.timeout_min=600", "trainer=ddp", "trainer.num_nodes=2",

@@ -11,9 +11,11 @@ import torch.nn.functional as F
 from omegaconf import OmegaConf
 from torch import nn
 
-from hrexp.models import HeatmapHead, UNet
+from hrexp.startup import CONFIG_DIR
+from hrexp.models.heads import HeatmapHead
+from hrexp.models.unet import UNet
 
-CONFIG = Path(__file__).resolve().parents[1] / "conf" / "model" / "unet.yaml"
+CONFIG = CONFIG_DIR / "model" / "unet.yaml"
 
 
 @pytest.fixture(autouse=True)

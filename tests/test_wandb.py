@@ -22,9 +22,10 @@ from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from omegaconf import OmegaConf, open_dict
 
 from conftest import ROOT
+from hrexp.startup import CONFIG_DIR
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hrexp.training.loggers import WandbLogger, read_offline_run
-from hrexp.training.wandb_images import GT_COLOR, PRED_COLOR, WandbValImages, denormalise, draw_keypoints
+from hrexp.callbacks.wandb_images import GT_COLOR, PRED_COLOR, WandbValImages, denormalise, draw_keypoints
 from test_train_e2e import TINY, run_script
 
 NUM_IMAGES = 2
@@ -35,7 +36,7 @@ EPOCHS = 2
 def _compose(overrides: list[str], mode: RunMode | None = None, sweep_dir: str | None = None):
     """Compose conf/train.yaml and set HydraConfig as a Hydra app would (run or multirun job)."""
     GlobalHydra.instance().clear()
-    with initialize_config_dir(config_dir=str(ROOT / "conf"), version_base="1.3"):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):
         cfg = compose(config_name="train", overrides=overrides, return_hydra_config=True)
     with open_dict(cfg):
         cfg.hydra.runtime.output_dir = "/tmp/unused"

@@ -1,5 +1,1 @@
-"""Target encodings: ``encode(keypoints) -> targets``, ``decode(outputs) -> keypoints``."""
-
-from hrexp.codecs.heatmap import GaussianHeatmapCodec
-
-__all__ = ["GaussianHeatmapCodec"]
+"""Target encodings: each codec's ``encode(keypoints) -> targets`` and ``decode(outputs) -> keypoints`` mirror each other."""

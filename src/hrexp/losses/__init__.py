@@ -1,5 +1,1 @@
-"""Loss modules."""
-
-from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
-
-__all__ = ["WeightedHeatmapMSE"]
+"""Loss modules (weighted heatmap MSE, segmentation CE / OHEM / Dice)."""

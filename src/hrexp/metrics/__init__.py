@@ -1,5 +1,1 @@
-"""torchmetrics ``Metric`` classes."""
-
-from hrexp.metrics.landmark_error import LandmarkError
-
-__all__ = ["LandmarkError"]
+"""torchmetrics ``Metric`` classes: landmark error, COCO keypoint AP, segmentation IoU / Dice."""

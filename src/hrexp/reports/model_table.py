@@ -1,6 +1,6 @@
 """Parameters and G multiply-adds of every model config: ``python -m hrexp.reports.model_table``.
 
-Each ``conf/model/*.yaml`` is composed as ``train.py model=<name>`` would (so a model that picks its
+Each ``hrexp/conf/model/*.yaml`` is composed as ``train.py model=<name>`` would (so a model that picks its
 own head gets it), instantiated with random init, given its head with 17 outputs (the COCO pose
 setting of the papers' figures) and measured with :mod:`hrexp.models.complexity`. With
 ``--readme`` the table replaces the block between the ``<!-- model-table:start -->`` /
@@ -10,11 +10,14 @@ setting of the papers' figures) and measured with :mod:`hrexp.models.complexity`
 from __future__ import annotations
 
 import argparse
-import os
 import re
 from pathlib import Path
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+from hrexp.startup import CONFIG_DIR, startup
+
+# The README beside the source tree (the repository checkout).
+ROOT = Path(__file__).resolve().parents[3]
+startup(ROOT)  # before hydra composes and timm is imported
 
 from hydra import compose, initialize_config_dir  # noqa: E402
 from hydra.utils import instantiate  # noqa: E402
@@ -22,8 +25,6 @@ from torch import nn  # noqa: E402
 
 from hrexp.models.complexity import count_macs, count_parameters  # noqa: E402
 
-ROOT = Path(__file__).resolve().parents[3]
-os.environ.setdefault("PROJECT_ROOT", str(ROOT))
 NUM_OUTPUTS = 17
 START, END = "<!-- model-table:start -->", "<!-- model-table:end -->"
 
@@ -91,7 +92,7 @@ def replace_block(text: str, block: str) -> str:
 
 def main(argv: list[str] | None = None) -> str:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--conf", type=Path, default=ROOT / "conf")
+    parser.add_argument("--conf", type=Path, default=CONFIG_DIR)
     parser.add_argument("--models", nargs="*", help="model config names (default: all)")
     parser.add_argument("--size", type=int, nargs=2, default=(256, 192), metavar=("H", "W"))
     parser.add_argument("--readme", type=Path, nargs="?", const=ROOT / "README.md", help="rewrite this README's table")

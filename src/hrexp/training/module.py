@@ -16,7 +16,7 @@ from torchmetrics import MeanMetric
 
 from hrexp.data.loaders import eval_loader
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
-from hrexp.training.phases import BackboneFreeze
+from hrexp.callbacks.freeze_backbone import BackboneFreeze
 
 log = logging.getLogger(__name__)
 
@@ -58,7 +58,7 @@ class HRExpModule(pl.LightningModule):
         self.run_config = dict(run_config or {})
         self.param_group_rules = param_groups or ParamGroupRules()
         self.losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
-        # Set by hrexp.training.phases.BackboneFreeze during a head-only phase.
+        # Set by hrexp.callbacks.freeze_backbone.BackboneFreeze during a head-only phase.
         self.backbone_frozen = False
         # One row per optimizer group, filled by configure_optimizers (for the run record).
         self.param_group_summary: list[dict[str, Any]] = []

@@ -8,7 +8,7 @@ the loggers through Lightning's ``LearningRateMonitor`` (``lr-AdamW/backbone``, 
 
 Parameters with ``requires_grad=False`` at build time (``model.freeze_stages``) are never optimised
 and are left out of every group. A backbone frozen only for the first epochs
-(:class:`hrexp.training.phases.BackboneFreeze`) keeps its groups from the start, so the optimizer and
+(:class:`hrexp.callbacks.freeze_backbone.BackboneFreeze`) keeps its groups from the start, so the optimizer and
 the schedule never change shape.
 """
 

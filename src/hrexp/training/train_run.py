@@ -20,7 +20,7 @@ from rich.table import Table
 from hrexp.data.records import LandmarkSet
 from hrexp.metrics.mean_shape import mean_shape_baseline
 from hrexp.models.complexity import count_macs, count_parameters
-from hrexp.training.best_metrics import BestMetrics
+from hrexp.callbacks.best_metrics import BestMetrics
 from hrexp.training.build import (
     Callbacks,
     ConfigError,
