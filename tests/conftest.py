@@ -20,17 +20,6 @@ from hydra.core.global_hydra import GlobalHydra  # noqa: E402
 from hydra.core.hydra_config import HydraConfig  # noqa: E402
 from omegaconf import open_dict  # noqa: E402
 
-SHARED_DATA = Path(os.environ.get("HREXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
-
-
-def shared_path(*parts: str) -> Path:
-    """A path inside ../shared/data; skips the calling test with a clear reason when it is absent."""
-    path = SHARED_DATA.joinpath(*parts)
-    if not path.exists():
-        pytest.skip(f"real data not found at {path} (set HREXP_SHARED_DATA to the shared/data folder)")
-    return path
-
-
 @pytest.fixture(scope="session")
 def cache_dir(tmp_path_factory) -> Path:
     """One cache folder for generated data across the session (the synthetic set is built once)."""

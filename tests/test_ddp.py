@@ -7,7 +7,7 @@ import json
 
 import pytest
 
-from test_train_e2e import run_script
+from tests.helpers import run_script
 
 DDP_TINY = [
     "trainer=ddp_cpu",
@@ -46,7 +46,7 @@ def test_ddp_pose_ap_drops_the_padded_duplicate_and_equals_single_process_eval(t
     OKS NMS is off so that a repeated prediction would count (as a false positive): the logged
     val/AP must still equal one process scoring the 11 people.
     """
-    from tests.conftest import shared_path
+    from tests.helpers import shared_path
 
     coco = shared_path("pose_coco_samples", "coco")
     raw = json.loads((coco / "test_coco.json").read_text())

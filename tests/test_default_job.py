@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from test_train_e2e import run_script
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

@@ -11,7 +11,8 @@ import torch
 from hrexp.callbacks.ema import EMA
 from tests.conftest import compose_for
 from tests.fit_helpers import TINY_W18, fit, snapshot
-from tests.test_train_e2e import read_val_rows, run_script
+from tests.helpers import run_script
+from tests.test_train_e2e import read_val_rows
 
 DECAY = 0.6
 EMA_RUN = [*TINY_W18, "trainer.max_epochs=2", "optimizer.lr=1e-3", "callbacks=[default,ema]", f"callbacks.ema.decay={DECAY}"]

@@ -6,7 +6,7 @@ import os
 
 
 from hrexp.training.loggers import WandbLogger, wandb_api_key_configured
-from test_train_e2e import TINY, run_script
+from tests.helpers import TINY, run_script
 
 
 def test_wandb_is_offline_without_api_key(monkeypatch, tmp_path):

@@ -7,7 +7,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: no hub, no 50 s hang
 
-from pathlib import Path
 
 import hydra.utils
 import numpy as np

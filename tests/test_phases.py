@@ -146,7 +146,7 @@ def test_under_ddp_the_frozen_backbone_stays_fixed_and_then_trains_in_step_on_bo
     """The shipped DDP configs use find_unused_parameters (a frozen backbone gets no gradient); after
     the switch the backbone's gradients are all-reduced: both ranks hold the same new weights."""
     from tests.test_ddp import DDP_TINY
-    from tests.test_train_e2e import run_script
+    from tests.helpers import run_script
 
     hashes = tmp_path / "hashes"
     run_script("train.py", [

@@ -16,7 +16,7 @@ from hrexp.data.pose_reader import read_detections, read_pose_coco
 from hrexp.data.records import DataError
 from hrexp.data.topdown import TopDownParams, TopDownTransform, box_to_region
 from hrexp.data.transforms import apply_matrix
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 COCO_NAMES = ["nose", "left_eye", "right_eye", "left_ear", "right_ear", "left_shoulder", "right_shoulder",
               "left_elbow", "right_elbow", "left_wrist", "right_wrist", "left_hip", "right_hip", "left_knee",

@@ -11,8 +11,8 @@ import pytest
 import torch
 import yaml
 
-from tests.conftest import shared_path
-from tests.test_train_e2e import run_script
+from tests.helpers import shared_path
+from tests.helpers import run_script
 
 # Small but real: 128 x 96 crops (the coarsest HRNet stride, 32, divides both), one batch of all
 # 12 labelled people per step, 40 steps at lr 1e-3 without scale / rotation / half-body (flip and

@@ -14,8 +14,8 @@ import json
 
 import pytest
 
-from tests.conftest import shared_path
-from tests.test_train_e2e import run_script
+from tests.helpers import shared_path
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

@@ -13,7 +13,7 @@ from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
 from hrexp.models.heads import HeatmapHead
 from hrexp.tasks.pose import PoseTask
 from hrexp.training.build import ConfigError, build_datamodule, build_module
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 FEATURES = [{"num_chs": 8, "reduction": 4}]
 STRIDE = 4.0

@@ -14,7 +14,7 @@ from hrexp.data.seg_datamodule import SegFolderDataModule, split_three
 from hrexp.data.seg_reader import MaskDecoder, pair_folder
 from hrexp.data.seg_transforms import SegAugmentParams, SegEvalTransform, SegTrainTransform, pad_collate
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
-from tests.conftest import shared_path
+from tests.helpers import shared_path
 
 MEAN = np.asarray(IMAGENET_MEAN, dtype=np.float32)
 STD = np.asarray(IMAGENET_STD, dtype=np.float32)

@@ -15,8 +15,8 @@ import torch
 
 from hrexp.data.seg_datamodule import SegFolderDataModule
 from hrexp.metrics.segmentation import SegmentationMetrics
-from tests.conftest import shared_path
-from tests.test_train_e2e import run_script
+from tests.helpers import shared_path
+from tests.helpers import run_script
 
 pytestmark = pytest.mark.slow
 

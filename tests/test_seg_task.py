@@ -14,8 +14,8 @@ from hrexp.metrics.segmentation import SegmentationMetrics
 from hrexp.models.heads import HeatmapHead
 from hrexp.tasks.segmentation import SegmentationTask
 from hrexp.training.build import ConfigError, build_module
-from tests.conftest import shared_path
-from tests.test_train_e2e import run_script
+from tests.helpers import shared_path
+from tests.helpers import run_script
 
 META = {"num_classes": 3, "class_names": ["bg", "a", "b"], "ignore_index": 255}
 

@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hrexp.startup import CONFIG_DIR
-from test_train_e2e import TINY, run_script
+from tests.helpers import TINY, run_script
 
 
 def _val_rows(job) -> list[dict[str, str]]:
@@ -135,8 +135,6 @@ def test_submitit_local_executor_runs_the_jobs(tmp_path, cache_dir):
 def test_slurm_launcher_config_composes_with_nodes_gpus_time_and_partition():
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
-
-    from tests.conftest import ROOT
 
     GlobalHydra.instance().clear()
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base="1.3"):

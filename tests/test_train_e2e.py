@@ -4,41 +4,13 @@ from __future__ import annotations
 
 import csv
 import json
-import os
 import re
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 
-ROOT = Path(__file__).resolve().parents[1]
-
-# Small but real: the scratch HRNet-W32, the synthetic spine data built by the datamodule, 2 epochs.
-TINY = [
-    "trainer.max_epochs=2",
-    "trainer.limit_train_batches=2",
-    "trainer.num_sanity_val_steps=0",
-    "data.num_train=20",
-    "data.num_test=4",
-    "data.original_size=[128,64]",
-    "data.image_size=[64,32]",
-    "data.batch_size=4",
-    "seed=0",
-]
-
-
-def run_script(
-    script: str, args: list[str], cache_dir: Path, check: bool = True, timeout: float = 600
-) -> subprocess.CompletedProcess:
-    env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline"}
-    proc = subprocess.run(
-        [sys.executable, str(ROOT / script), *args], cwd=ROOT, env=env, capture_output=True, text=True, timeout=timeout
-    )
-    if check and proc.returncode != 0:
-        raise AssertionError(f"{script} failed ({proc.returncode}):\n{proc.stdout[-4000:]}\n{proc.stderr[-4000:]}")
-    return proc
+from tests.helpers import TINY, run_script
 
 
 def read_val_rows(run_dir: Path) -> list[dict[str, str]]:

@@ -21,12 +21,11 @@ from lightning.pytorch.loggers import CSVLogger
 from lightning.pytorch.loggers import WandbLogger as LightningWandbLogger
 from omegaconf import OmegaConf, open_dict
 
-from conftest import ROOT
 from hrexp.startup import CONFIG_DIR
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hrexp.training.loggers import WandbLogger, read_offline_run
 from hrexp.callbacks.wandb_images import GT_COLOR, PRED_COLOR, WandbValImages, denormalise, draw_keypoints
-from test_train_e2e import TINY, run_script
+from tests.helpers import TINY, run_script
 
 NUM_IMAGES = 2
 EPOCHS = 2
