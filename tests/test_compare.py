@@ -1,13 +1,14 @@
 """The comparison report ``python -m hrexp.compare``: hand-written run folders, hand-computed tables.
 
-Every run folder here is written by hand (results.json and a Lightning-style csv/metrics.csv with
-train rows, empty cells and best/* rows without an epoch), with numbers chosen so that the expected
-best values, best epochs and SDR at the best epoch can be read off the fixtures below.
+Every run folder here is written by hand (tests/compare_helpers.py: a schema-2 results.json with the
+monitor and metric_modes, and a Lightning-style csv/metrics.csv with train rows, empty cells and
+best/* rows without an epoch), with numbers chosen so that the expected best values, best epochs and
+SDR at the best epoch can be read off the fixtures. Which way is better for a metric, and records of
+schema 1 and killed runs: tests/test_compare_direction.py.
 """
 
 from __future__ import annotations
 
-import csv
 import json
 import logging
 import os
@@ -18,121 +19,40 @@ from pathlib import Path
 
 import pytest
 
-from hrexp.reports.comparison import (
-    CompareError,
-    compare,
-    find_runs,
-    log_wandb_table,
-    read_metrics_csv,
-    wandb_offline,
+from hrexp.reports.comparison import CompareError, compare, write_report
+from hrexp.reports.formats import log_wandb_table, wandb_offline
+from hrexp.reports.runs import find_runs, read_metrics_csv
+from hrexp.run_record import Best, read_record, write_record
+from tests.compare_helpers import (
+    LANDMARK_MODES,
+    PNG_MAGIC,
+    UNET_VAL,
+    W32_VAL,
+    read_csv_rows,
+    read_md_rows,
+    write_metrics_csv,
+    write_run,
 )
 
 ROOT = Path(__file__).resolve().parents[1]
 MRE, LOSS, MM = "best val MRE (px)", "best val loss", "val MRE (mm)"
 SDR4, SDR8 = "val SDR@4px", "val SDR@8px"
-PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
-
-# Landmark run "w32": MRE is lowest at epoch 1 (6.0); the loss keeps falling to epoch 2 (0.2), so
-# the best loss and the best-MRE epoch differ; SDR and mm are those of epoch 1.
-W32_VAL = [
-    {"epoch": 0, "val/loss": 0.5, "val/mre": 10.0, "val/mre_mm": 5.0, "val/sdr_4": 0.1, "val/sdr_8": 0.3},
-    {"epoch": 1, "val/loss": 0.3, "val/mre": 6.0, "val/mre_mm": 3.0, "val/sdr_4": 0.4, "val/sdr_8": 0.7},
-    {"epoch": 2, "val/loss": 0.2, "val/mre": 7.0, "val/mre_mm": 3.5, "val/sdr_4": 0.35, "val/sdr_8": 0.8},
-]
-# Landmark run "unet": no pixel spacing (mm is NaN), MRE 5.0 reached at epochs 1 and 2: the first counts.
-UNET_VAL = [
-    {"epoch": 0, "val/loss": 0.9, "val/mre": 8.0, "val/mre_mm": "nan", "val/sdr_4": 0.2, "val/sdr_8": 0.4},
-    {"epoch": 1, "val/loss": 0.4, "val/mre": 5.0, "val/mre_mm": "nan", "val/sdr_4": 0.5, "val/sdr_8": 0.75},
-    {"epoch": 2, "val/loss": 0.45, "val/mre": 5.0, "val/mre_mm": "nan", "val/sdr_4": 0.6, "val/sdr_8": 0.9},
-]
-
-
-def write_metrics_csv(folder: Path, val_rows: list[dict], steps_per_epoch: int = 10) -> None:
-    """A CSVLogger file as Lightning writes it: sorted columns, one metric group per row, '' elsewhere."""
-    headline = next(k for k in val_rows[0] if k not in ("epoch", "val/loss") and not k.endswith("_mm"))
-    rows, best = [], None
-    for v in val_rows:
-        epoch, step = v["epoch"], (v["epoch"] + 1) * steps_per_epoch - 1
-        rows.append({"epoch": epoch, "step": step - 5, "train/loss_step": 1.0 / (step + 1), "lr-AdamW": 1e-3})
-        rows.append({"epoch": epoch, "step": step, **{k: x for k, x in v.items() if k != "epoch"}})
-        value = float(v[headline])
-        if best is None or value < best[0]:
-            best = (value, epoch)
-        # BestMetrics' rows carry no epoch: they must not be taken for validation rows
-        rows.append({"step": step + 1, "best/" + headline.replace("/", "_"): best[0],
-                     "best/" + headline.replace("/", "_") + "_epoch": float(best[1])})
-        rows.append({"epoch": epoch, "step": step, "train/loss_epoch": 0.5})
-    columns = sorted({k for r in rows for k in r})
-    (folder / "csv").mkdir(parents=True, exist_ok=True)
-    with open(folder / "csv" / "metrics.csv", "w", newline="") as fh:
-        writer = csv.DictWriter(fh, fieldnames=columns, restval="")
-        writer.writeheader()
-        writer.writerows(rows)
-
-
-def best_of(val_rows: list[dict], metric: str, mode: str = "min") -> dict:
-    """The record's ``best`` entry as BestMetrics writes it (first epoch on ties)."""
-    pick = min if mode == "min" else max
-    value = pick(float(r[metric]) for r in val_rows)
-    epoch = next(r["epoch"] for r in val_rows if float(r[metric]) == value)
-    return {"value": value, "epoch": epoch, "step": (epoch + 1) * 10 - 1}
-
-
-def write_run(folder: Path, *, model: str = "hrnet_w32", task: str = "landmarks", val_rows: list[dict] | None = None,
-              status: str = "finished", total: int = 28_500_000, monitor: str = "val/mre", mode: str = "min",
-              csv_log: bool = True, **extra) -> Path:
-    folder.mkdir(parents=True, exist_ok=True)
-    record = {
-        "status": status,
-        "choices": {"model": model, "head": "heatmap", "task": task, "data": "synthetic_spine"},
-        "seed": 0,
-        "output_dir": str(folder),
-    }
-    if status != "failed":
-        record.update({
-            "params": {"total": total, "trainable": total},
-            "params_backbone": total - 1000,
-            "train_time_s": 123.4,
-            "best": {"val/loss": best_of(val_rows, "val/loss"), monitor: best_of(val_rows, monitor, mode)},
-            "checkpoints": {
-                "checkpoint_best_loss": {"path": str(folder / "checkpoints" / "best-loss.ckpt"), "monitor": "val/loss"},
-                "checkpoint_best_metric": {"path": str(folder / "checkpoints" / "best-metric.ckpt"),
-                                           "monitor": monitor},
-                "checkpoint_last": {"path": str(folder / "checkpoints" / "last.ckpt"), "monitor": None},
-            },
-        })
-    record.update(extra)
-    (folder / "results.json").write_text(json.dumps(record, indent=2))
-    if csv_log and val_rows is not None:
-        write_metrics_csv(folder, val_rows)
-    return folder
 
 
 @pytest.fixture
 def sweep(tmp_path) -> Path:
     """A Hydra multirun folder: job 0 (hrnet_w32), job 1 (unet, no mm), job 2 failed with a partial log."""
     root = tmp_path / "multiruns" / "2025-01-01_12-00-00"
-    write_run(root / "0", val_rows=W32_VAL, macs_g=7.654, input_size=[256, 192], pretrained="/w/hrnet_w32.pth")
-    write_run(root / "1", model="unet", val_rows=UNET_VAL, total=7_217_456, macs_g=12.5, pretrained=False)
-    failed = write_run(root / "2", model="resnet50", status="failed", error="RuntimeError: CUDA out of memory")
+    write_run(root / "0", val_rows=W32_VAL, modes=LANDMARK_MODES, macs_g=7.654, input_size=[256, 192],
+              pretrained="/w/hrnet_w32.pth")
+    write_run(root / "1", model="unet", val_rows=UNET_VAL, modes=LANDMARK_MODES, total=7_217_456, macs_g=12.5,
+              pretrained=False)
+    failed = write_run(root / "2", model="resnet50", status="failed", modes=LANDMARK_MODES,
+                       error="RuntimeError: CUDA out of memory")
     write_metrics_csv(failed, W32_VAL[:1])  # it validated once before failing: still no metric cells
     (root / "multirun.yaml").write_text("hydra: {}\n")
     (root / ".hydra").mkdir()
     return root
-
-
-def read_csv_rows(path: Path) -> list[dict[str, str]]:
-    with open(path, newline="") as fh:
-        return list(csv.DictReader(fh))
-
-
-def read_md_rows(path: Path) -> list[dict[str, str]]:
-    """The markdown table of ``comparison.md`` as dicts of cell text."""
-    lines = [ln for ln in path.read_text().splitlines() if ln.startswith("|")]
-    cells = [[c.strip() for c in ln.strip().strip("|").split(" | ")] for ln in lines]
-    header, rule, body = cells[0], lines[1], cells[2:]
-    assert set(rule.replace("|", "").replace(":", "")) == {"-"}
-    return [dict(zip(header, row, strict=True)) for row in body]
 
 
 def test_sweep_table_equals_the_hand_computed_values(sweep):
@@ -213,8 +133,8 @@ def test_pose_runs_follow_val_ap_with_max(tmp_path):
             for e, l, ap, ap50 in [(0, 0.9, 0.30, 0.5), (1, 0.5, 0.72, 0.9), (2, 0.4, 0.70, 0.95)]]
     ap_b = [{"epoch": e, "val/loss": l, "val/AP": ap, "val/AP50": ap50}
             for e, l, ap, ap50 in [(0, 0.8, 0.50, 0.6), (1, 0.7, 0.65, 0.8)]]
-    write_run(tmp_path / "a", task="pose", val_rows=ap_a, monitor="val/AP", mode="max")
-    write_run(tmp_path / "b", task="pose", val_rows=ap_b, monitor="val/AP", mode="max")
+    write_run(tmp_path / "a", task="pose", val_rows=ap_a, monitor="val/AP", mode="max", modes={"val/AP50": "max"})
+    write_run(tmp_path / "b", task="pose", val_rows=ap_b, monitor="val/AP", mode="max", modes={"val/AP50": "max"})
     result = compare([tmp_path], console=False)
     assert result.headline == "val/AP" and result.descending  # larger AP first by default
     rows = {r["run"]: r for r in read_csv_rows(tmp_path / "comparison.csv")}
@@ -226,10 +146,10 @@ def test_pose_runs_follow_val_ap_with_max(tmp_path):
 
 def test_results_json_disagreeing_with_the_csv_is_warned(tmp_path, caplog):
     run = write_run(tmp_path / "run", val_rows=W32_VAL)
-    record = json.loads((run / "results.json").read_text())
-    record["best"]["val/mre"] = {"value": 5.5, "epoch": 2, "step": 29}
-    (run / "results.json").write_text(json.dumps(record))
-    with caplog.at_level(logging.WARNING, logger="hrexp.reports.comparison"):
+    record = read_record(run)
+    record.best["val/mre"] = Best(value=5.5, epoch=2, step=29)
+    write_record(run, record)
+    with caplog.at_level(logging.WARNING, logger="hrexp.reports.runs"):
         result = compare([run], out=tmp_path / "out", console=False)
     (row,) = result.rows
     assert row["best val MRE (px)"] == 6.0  # the table keeps the CSV's value
@@ -345,8 +265,6 @@ def test_wandb_goes_offline_without_a_key(monkeypatch):
 
 
 def test_write_report_for_the_sweep_callback(sweep, tmp_path):
-    from hrexp.reports.comparison import write_report
-
     written = write_report([sweep], out_dir=tmp_path / "out")
     assert [p.name for p in written] == ["comparison.md", "comparison.csv", "comparison.png"]
     assert all(p.parent == tmp_path / "out" and p.stat().st_size > 0 for p in written)

@@ -106,6 +106,7 @@ def test_head_that_does_not_fit_the_backbone_fails_at_build_time(compose_cfg):
 
     class _Data:
         dataset_meta = {"num_keypoints": 4, "keypoint_names": list("abcd"), "flip_pairs": []}
+        input_size, input_size_option = (256, 128), "data.image_size"
 
     cfg = compose_cfg(["model=hrnet_w18", "head=deconv", "task.head.num_deconv_layers=6"])
     with pytest.raises(ValueError, match=r"DeconvHead.*strides \[4, 8, 16, 32\]"):
@@ -118,6 +119,7 @@ def test_models_and_heads_build_into_one_module(compose_cfg, model, head, stride
 
     class _Data:
         dataset_meta = {"num_keypoints": 5, "keypoint_names": list("abcde"), "flip_pairs": []}
+        input_size, input_size_option = (64, 64), "data.image_size"
 
     cfg = compose_cfg([f"model={model}", f"head={head}", "data.image_size=[64,64]"])
     module = build_module(cfg, _Data()).eval()

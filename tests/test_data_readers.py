@@ -3,21 +3,18 @@
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 
-from hrexp.data.aasce_reader import AASCE_LANDMARK_NAMES, read_aasce
-from hrexp.data.coco_reader import read_coco_keypoints
-from hrexp.data.csv_reader import read_landmarks_csv, write_landmarks_csv
-from hrexp.data.records import LandmarkRecord, LandmarkSet
-from hrexp.data.validation import validate_landmark_set
+from hrexp.data.landmarks.aasce_reader import AASCE_LANDMARK_NAMES, read_aasce
+from hrexp.data.landmarks.coco_reader import read_coco_keypoints
+from hrexp.data.landmarks.csv_reader import read_landmarks_csv, write_landmarks_csv
+from hrexp.data.landmarks.records import LandmarkRecord, LandmarkSet
+from hrexp.data.landmarks.validation import validate_landmark_set
+from tests.helpers import SHARED_DATA as SHARED, write_image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HREXP_SHARED_DATA", REPO.parent / "shared" / "data"))
 AASCE = SHARED / "spine_aasce"
 COCO = SHARED / "pose_coco_samples" / "coco"
 _aasce_present = pytest.mark.skipif(
@@ -40,18 +37,12 @@ def needs_coco(test):
     return pytest.mark.shared_data(_coco_present(test))
 
 
-def write_png(path: Path, height: int = 20, width: int = 30) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.full((height, width), 128, np.uint8))
-    return path
-
-
 # ----------------------------------------------------------------------------- wide CSV
 
 
 def test_csv_reader_coordinates_paths_missing_and_spacing(tmp_path):
-    write_png(tmp_path / "imgs" / "a.png")
-    absolute = write_png(tmp_path / "elsewhere" / "b.png")
+    write_image(tmp_path / "imgs" / "a.png")
+    absolute = write_image(tmp_path / "elsewhere" / "b.png")
     csv_file = tmp_path / "ann" / "train.csv"
     csv_file.parent.mkdir()
     csv_file.write_text(
@@ -83,7 +74,7 @@ def test_csv_reader_coordinates_paths_missing_and_spacing(tmp_path):
 
 
 def test_csv_reader_image_column_and_first_column_fallback(tmp_path):
-    write_png(tmp_path / "x.png")
+    write_image(tmp_path / "x.png")
     named = tmp_path / "named.csv"
     named.write_text("id,L1_x,L1_y,file\n7,1,2,x.png\n")
     rec = read_landmarks_csv(named, image_column="file").records[0]
@@ -97,7 +88,7 @@ def test_csv_reader_image_column_and_first_column_fallback(tmp_path):
 
 
 def test_csv_write_read_round_trip(tmp_path):
-    write_png(tmp_path / "i.png")
+    write_image(tmp_path / "i.png")
     kp = np.array([[1.125, 2.5], [np.nan, np.nan], [10.0, 0.0]])
     rec = LandmarkRecord(tmp_path / "i.png", kp, np.array([True, False, True]), 0.5, "x")
     write_landmarks_csv(tmp_path / "o.csv", LandmarkSet(["a", "b", "c"], [rec]), relative_to=tmp_path)
@@ -112,8 +103,8 @@ def test_csv_write_read_round_trip(tmp_path):
 
 
 def _coco_fixture(tmp_path: Path, flip_pairs=None) -> Path:
-    write_png(tmp_path / "images" / "p1.png")
-    absolute = write_png(tmp_path / "other" / "p2.png")
+    write_image(tmp_path / "images" / "p1.png")
+    absolute = write_image(tmp_path / "other" / "p2.png")
     category = {"id": 1, "name": "face", "keypoints": ["left_eye", "right_eye", "nose"]}
     if flip_pairs is not None:
         category["flip_pairs"] = flip_pairs

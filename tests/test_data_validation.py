@@ -9,21 +9,17 @@ import cv2
 import numpy as np
 import pytest
 
-from hrexp.data.aasce_reader import read_aasce
-from hrexp.data.coco_reader import read_coco_keypoints
-from hrexp.data.csv_reader import read_landmarks_csv
-from hrexp.data.dataset import LandmarkDataset, load_image
-from hrexp.data.records import DataError
+from hrexp.data.errors import DataError
+from hrexp.data.images import load_image
+from hrexp.data.landmarks.aasce_reader import read_aasce
+from hrexp.data.landmarks.coco_reader import read_coco_keypoints
+from hrexp.data.landmarks.csv_reader import read_landmarks_csv
+from hrexp.data.landmarks.dataset import LandmarkDataset
 from hrexp.data.transforms import LandmarkTransform
-from hrexp.data.validation import validate_landmark_set
+from hrexp.data.landmarks.validation import validate_landmark_set
+from tests.helpers import write_image
 
 HEADER = "image,a_x,a_y,b_x,b_y\n"
-
-
-def write_png(path: Path, height: int = 20, width: int = 30) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    assert cv2.imwrite(str(path), np.full((height, width), 100, np.uint8))
-    return path
 
 
 def csv_file(tmp_path: Path, body: str, header: str = HEADER) -> Path:
@@ -37,13 +33,13 @@ def test_data_error_is_a_value_error():
 
 
 def test_valid_csv_passes_and_fills_sizes(tmp_path):
-    write_png(tmp_path / "ok.png", 20, 30)
+    write_image(tmp_path / "ok.png", height=20, width=30)
     ls = validate_landmark_set(read_landmarks_csv(csv_file(tmp_path, "ok.png,1,2,3,4\n")), num_keypoints=2)
     assert ls.records[0].size == (20, 30)
 
 
 def test_missing_image(tmp_path):
-    write_png(tmp_path / "ok.png")
+    write_image(tmp_path / "ok.png")
     path = csv_file(tmp_path, "ok.png,1,2,3,4\nmissing.png,1,2,3,4\n")
     with pytest.raises(DataError) as err:
         validate_landmark_set(read_landmarks_csv(path))
@@ -74,7 +70,7 @@ def test_image_that_fails_to_decode_at_load_time(tmp_path):
 
 
 def test_wrong_number_of_coordinates(tmp_path):
-    write_png(tmp_path / "ok.png")
+    write_image(tmp_path / "ok.png")
     path = csv_file(tmp_path, "ok.png,1,2,3,4\nok.png,1,2,3\n")
     with pytest.raises(DataError) as err:
         read_landmarks_csv(path)
@@ -130,7 +126,7 @@ def test_empty_split(tmp_path):
 
 
 def test_landmark_count_mismatch(tmp_path):
-    write_png(tmp_path / "ok.png")
+    write_image(tmp_path / "ok.png")
     path = csv_file(tmp_path, "ok.png,1,2,3,4\n")
     with pytest.raises(DataError) as err:
         validate_landmark_set(read_landmarks_csv(path), num_keypoints=40)
@@ -216,8 +212,8 @@ def test_coco_bad_flip_pair_name(tmp_path):
 
 def test_aasce_layout_errors(tmp_path):
     (tmp_path / "labels" / "training").mkdir(parents=True)
-    write_png(tmp_path / "data" / "training" / "a.jpg")
-    write_png(tmp_path / "data" / "training" / "b.jpg")
+    write_image(tmp_path / "data" / "training" / "a.jpg")
+    write_image(tmp_path / "data" / "training" / "b.jpg")
     (tmp_path / "labels" / "training" / "filenames.csv").write_text("a.jpg\nb.jpg\n")
     good = ",".join(["0.5"] * 136)
     short = ",".join(["0.5"] * 135)

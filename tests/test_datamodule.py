@@ -5,28 +5,25 @@ from __future__ import annotations
 import inspect
 import json
 import logging
-import os
 from pathlib import Path
 
-import cv2
 import numpy as np
 import pytest
 import torch
 from torch.utils.data import RandomSampler, SequentialSampler
 
-from hrexp.startup import CONFIG_DIR
-from hrexp.data.datamodule import (
+from hrexp.data.errors import DataError
+from hrexp.data.landmarks.datamodule import (
     AasceDataModule,
     CocoLandmarkDataModule,
     CsvLandmarkDataModule,
     LandmarkDataModule,
     SyntheticSpineDataModule,
-    split_indices,
 )
-from hrexp.data.records import DataError
+from hrexp.data.splits import split_indices
+from hrexp.startup import CONFIG_DIR
+from tests.helpers import SHARED_DATA as SHARED, write_image
 
-REPO = Path(__file__).resolve().parents[1]
-SHARED = Path(os.environ.get("HREXP_SHARED_DATA", REPO.parent / "shared" / "data"))
 AASCE = SHARED / "spine_aasce"
 _aasce_present = pytest.mark.skipif(
     not (AASCE / "labels" / "training" / "landmarks.csv").is_file(),
@@ -155,7 +152,7 @@ def write_csv_dataset(folder: Path, n: int, name: str = "train.csv", k: int = 3)
     header = ["image"] + [f"p{j}_{a}" for j in range(k) for a in "xy"]
     lines = [",".join(header)]
     for i in range(n):
-        cv2.imwrite(str(folder / "img" / f"{i}.png"), np.full((40, 30, 3), 50 + i, np.uint8))
+        write_image(folder / "img" / f"{i}.png", np.full((40, 30, 3), 50 + i, np.uint8))
         lines.append(",".join([f"img/{i}.png"] + [str(5.0 + j + i % 3) for j in range(2 * k)]))
     path = folder / name
     path.write_text("\n".join(lines) + "\n")
@@ -208,7 +205,7 @@ def test_flip_true_without_pairs_is_a_config_error(tmp_path):
 
 
 def test_coco_flip_pairs_switch_flip_on(tmp_path):
-    (tmp_path / "a.png").write_bytes(cv2.imencode(".png", np.zeros((50, 40), np.uint8))[1].tobytes())
+    write_image(tmp_path / "a.png", height=50, width=40, value=0)
     data = {
         "images": [{"id": i, "file_name": "a.png"} for i in range(4)],
         "annotations": [
@@ -274,7 +271,7 @@ def _compose(tmp_path: Path, data: str, overrides: list[str]):
 def test_data_configs_list_every_argument(tmp_path, name, cls):
     cfg = _compose(tmp_path, name, [])
     data = cfg.data
-    assert data["_target_"] == f"hrexp.data.datamodule.{cls.__name__}"
+    assert data["_target_"] == f"hrexp.data.landmarks.datamodule.{cls.__name__}"
     assert list(data.image_size) == [256, 128]
     expected = set(inspect.signature(cls.__init__).parameters) | set(
         inspect.signature(LandmarkDataModule.__init__).parameters

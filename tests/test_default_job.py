@@ -17,7 +17,7 @@ def test_default_job_halves_the_mean_shape_baseline(tmp_path, cache_dir):
     proc = run_script("train.py", ["model=hrnet_w32", "task=landmarks", f"hydra.run.dir={out}"], cache_dir, timeout=2400)
     record = json.loads((out / "results.json").read_text())
     best = record["best"]["val/mre"]["value"]
-    baseline = record["baseline_mean_shape_val"]["mre"]
+    baseline = record["baselines"]["mean_shape_val"]["mre"]
     print(f"default job: best val/mre {best:.3f} px, mean-shape baseline {baseline:.3f} px, "
           f"train time {record['train_time_s']:.0f} s")
     assert best <= 0.5 * baseline, (best, baseline)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import lightning.pytorch as pl
 import pytest
 import torch
@@ -138,7 +140,12 @@ def test_bad_phase_options_fail_before_training(compose_cfg):
         cb.setup(trainer, None, "fit")
     trainer = pl.Trainer(accelerator="cpu", devices=2, strategy="ddp_spawn_find_unused_parameters_true", max_epochs=2,
                          logger=False)
-    cb.setup(trainer, None, "fit")
+    gates = {}
+    module = SimpleNamespace(add_schedule_gate=lambda name, part, gate: gates.update({name: (part, gate)}))
+    cb.setup(trainer, module, "fit")
+    # The callback reaches the optimizer only through the module's hook: the backbone's groups start at epoch 1.
+    part, gate = gates["callbacks.freeze_backbone"]
+    assert part == "backbone" and gate(10) == {"start_step": 10, "ramp_steps": 0}
 
 
 @pytest.mark.slow  # ~1 min: two DDP processes

@@ -10,11 +10,11 @@ import pytest
 import torch
 
 from hrexp.codecs.heatmap import GaussianHeatmapCodec
-from hrexp.data.keypoint_meta import build_meta, load_meta
-from hrexp.data.pose_datamodule import PoseDataModule
-from hrexp.data.pose_reader import read_detections, read_pose_coco
-from hrexp.data.records import DataError
-from hrexp.data.topdown import TopDownParams, TopDownTransform, box_to_region
+from hrexp.data.errors import DataError
+from hrexp.data.pose.datamodule import CocoPoseDataModule
+from hrexp.data.pose.keypoint_meta import build_meta, load_meta
+from hrexp.data.pose.reader import read_detections, read_pose_coco
+from hrexp.data.pose.topdown import TopDownParams, TopDownTransform, box_to_region
 from hrexp.data.transforms import apply_matrix
 from tests.helpers import shared_path
 
@@ -175,11 +175,11 @@ def test_half_body_crop_frames_the_chosen_half():
 
 
 # ---------------------------------------------------------------------------------- datamodule
-def _dm(coco_dir, **kw) -> PoseDataModule:
+def _dm(coco_dir, **kw) -> CocoPoseDataModule:
     args = dict(train_json=coco_dir / "test_coco.json", val_json=coco_dir / "test_coco.json", metadata="coco_person",
                 image_size=(256, 192), batch_size=12)
     args.update(kw)
-    dm = PoseDataModule(**args)
+    dm = CocoPoseDataModule(**args)
     dm.setup()
     return dm
 

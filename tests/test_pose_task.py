@@ -7,8 +7,9 @@ import pytest
 import torch
 
 from hrexp.codecs.heatmap import GaussianHeatmapCodec
-from hrexp.data.pose_datamodule import PoseDataModule
-from hrexp.data.topdown import TopDownParams
+from hrexp.data.images import load_image
+from hrexp.data.pose.datamodule import CocoPoseDataModule
+from hrexp.data.pose.topdown import TopDownParams
 from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
 from hrexp.models.heads import HeatmapHead
 from hrexp.tasks.pose import PoseTask
@@ -20,9 +21,9 @@ STRIDE = 4.0
 
 
 @pytest.fixture(scope="module")
-def coco_dm() -> PoseDataModule:
+def coco_dm() -> CocoPoseDataModule:
     root = shared_path("pose_coco_samples", "coco")
-    dm = PoseDataModule(train_json=root / "test_coco.json", val_json=root / "test_coco.json", metadata="coco_person",
+    dm = CocoPoseDataModule(train_json=root / "test_coco.json", val_json=root / "test_coco.json", metadata="coco_person",
                         image_size=(256, 192), batch_size=12)
     dm.setup()
     return dm
@@ -33,13 +34,11 @@ def _task(meta, **kw) -> PoseTask:
                     FEATURES, meta, **kw)
 
 
-def _flipped_batch(dm: PoseDataModule) -> dict[str, torch.Tensor]:
+def _flipped_batch(dm: CocoPoseDataModule) -> dict[str, torch.Tensor]:
     """The same crops, each horizontally flipped by the transform (as the flip test sees them)."""
     ds = dm.datasets["val"]
     items = []
     for inst in ds.split.instances:
-        from hrexp.data.dataset import load_image
-
         items.append(ds.transform(load_image(inst.image_path), inst.keypoints, inst.visible, inst.bbox,
                                   params=TopDownParams(flip=True)))
     return {k: torch.stack([it[k] for it in items]) for k in items[0]}

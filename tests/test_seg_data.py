@@ -9,10 +9,11 @@ import numpy as np
 import pytest
 import torch
 
-from hrexp.data.records import DataError
-from hrexp.data.seg_datamodule import SegFolderDataModule, split_three
-from hrexp.data.seg_reader import MaskDecoder, pair_folder
-from hrexp.data.seg_transforms import SegAugmentParams, SegEvalTransform, SegTrainTransform, pad_collate
+from hrexp.data.errors import DataError
+from hrexp.data.segmentation.datamodule import SegFolderDataModule
+from hrexp.data.segmentation.reader import MaskDecoder, pair_folder
+from hrexp.data.segmentation.transforms import SegAugmentParams, SegEvalTransform, SegTrainTransform, pad_collate
+from hrexp.data.splits import split_three
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from tests.helpers import shared_path
 

@@ -13,7 +13,7 @@ import json
 import pytest
 import torch
 
-from hrexp.data.seg_datamodule import SegFolderDataModule
+from hrexp.data.segmentation.datamodule import SegFolderDataModule
 from hrexp.metrics.segmentation import SegmentationMetrics
 from tests.helpers import shared_path
 from tests.helpers import run_script

@@ -94,14 +94,18 @@ def test_segmentation_uses_the_hrnetv2_head_with_480_channels_for_w32(compose_cf
     assert cfg.task.head._target_.endswith("HRNetV2Head")
     assert compose_cfg(["task=segmentation", "data=kvasir", "head=heatmap"]).task.head._target_.endswith("HeatmapHead")
 
-    class Meta:
+    class Meta:  # what build_module reads of a segmentation datamodule
         dataset_meta = {"num_classes": 2, "class_names": ["background", "polyp"], "ignore_index": 255}
+        input_size_option = "data.crop_size"
 
-    module = build_module(cfg, Meta())
+        def __init__(self, cfg):
+            self.input_size = tuple(cfg.data.crop_size)
+
+    module = build_module(cfg, Meta(cfg))
     assert module.task.head.in_channels == 32 + 64 + 128 + 256
     cfg = compose_cfg(["task=segmentation", "data=kvasir", "data.crop_size=[100,96]"])
     with pytest.raises(ConfigError, match=r"data.crop_size=\[100, 96\]: each side must be a multiple of 32"):
-        build_module(cfg, Meta())
+        build_module(cfg, Meta(cfg))
 
 
 @pytest.fixture(scope="module")

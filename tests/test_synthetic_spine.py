@@ -7,17 +7,17 @@ import cv2
 import numpy as np
 import pytest
 
-from hrexp.data import synthetic_spine as synth
-from hrexp.data.csv_reader import read_landmarks_csv
-from hrexp.data.records import DataError
-from hrexp.data.synthetic_spine import (
+from hrexp.data.errors import DataError
+from hrexp.data.landmarks import synthetic_spine as synth
+from hrexp.data.landmarks.csv_reader import read_landmarks_csv
+from hrexp.data.landmarks.synthetic_spine import (
     _coverage,
     build_synthetic_spine,
     inset_polygon,
     render_spine_image,
     synthetic_landmark_names,
 )
-from hrexp.data.validation import validate_landmark_set
+from hrexp.data.landmarks.validation import validate_landmark_set
 
 SMALL = dict(num_train=3, num_test=2, seed=0)
 

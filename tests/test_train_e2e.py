@@ -59,7 +59,9 @@ def test_run_record_and_config_are_saved(trained_run):
     tested = record["test"]["checkpoint"]
     assert Path(tested).name.startswith("best-val_mre-")
     assert "Testing checkpoint" in proc.stdout and Path(tested).name in proc.stdout.replace("\n", "")
-    assert record["baseline_mean_shape_val"]["mre"] > 0
+    assert record["baselines"]["mean_shape_val"]["mre"] > 0 and record["schema_version"] == 2
+    assert record["monitor"] == {"metric": "val/mre", "mode": "min"}
+    assert record["metric_modes"]["val/mre"] == "min" and record["metric_modes"]["val/sdr_8"] == "max"
     assert record["params"]["total"] == pytest.approx(29.3e6, rel=0.02)
 
 
@@ -98,7 +100,7 @@ def test_bad_input_size_fails_before_training(tmp_path, cache_dir):
 
 
 def test_bad_data_fails_before_training_naming_file_and_row(compose_cfg, tmp_path):
-    from hrexp.data.records import DataError
+    from hrexp.data.errors import DataError
     from hrexp.training.train_run import train
 
     image = tmp_path / "a.png"

@@ -24,7 +24,8 @@ from omegaconf import OmegaConf, open_dict
 from hrexp.startup import CONFIG_DIR
 from hrexp.data.transforms import IMAGENET_MEAN, IMAGENET_STD
 from hrexp.training.loggers import WandbLogger, read_offline_run
-from hrexp.callbacks.wandb_images import GT_COLOR, PRED_COLOR, WandbValImages, denormalise, draw_keypoints
+from hrexp.callbacks.wandb_images import WandbValImages
+from hrexp.reports.drawing import GT_COLOR, PRED_COLOR, denormalise, draw_keypoints
 from tests.helpers import TINY, run_script
 
 NUM_IMAGES = 2
@@ -104,19 +105,35 @@ def test_denormalise_inverts_the_input_normalisation():
     assert back.dtype == np.uint8 and np.array_equal(back, rgb)
 
 
-def test_callback_is_a_no_op_without_wandb_and_skips_tasks_without_keypoints():
+def test_callback_is_a_no_op_without_wandb_and_stops_asking_a_task_that_does_not_draw():
     cb = WandbValImages(num_images=2)
     trainer = SimpleNamespace(sanity_checking=False, is_global_zero=True, current_epoch=0, max_epochs=1,
                               loggers=[mock.create_autospec(CSVLogger, instance=True)])
     cb.on_validation_batch_end(trainer, None, None, None, 0)  # the module is never touched
 
+    from hrexp.tasks.base import Task
+
+    class Silent(Task):  # the base task's draw_predictions: not implemented
+        def predict(self, outputs, batch, flipped_outputs=None):
+            return {"labels": outputs.argmax(1)}
+
+    task = Silent(lambda feature_info, num_outputs: torch.nn.Identity(), [{"num_chs": 3, "reduction": 1}], 3,
+                  {"metric": "val/loss", "mode": "min"})
+    module = torch.nn.Module()
+    module.task = task
+    module.forward = lambda image: image  # the "network": its outputs are the inputs
+    calls = []
+    module.device = torch.device("cpu")
+    task.eval_outputs = lambda model, batch: calls.append(1) or model(batch["image"])
     wandb_logger = mock.create_autospec(LightningWandbLogger, instance=True)
-    seg_sample = {"image": torch.zeros(3, 8, 8), "mask": torch.zeros(8, 8, dtype=torch.long)}
-    loader = SimpleNamespace(dataset=[seg_sample] * 3, collate_fn=None)
-    trainer = SimpleNamespace(**{**vars(trainer), "loggers": [wandb_logger], "val_dataloaders": loader})
-    module = SimpleNamespace(task=SimpleNamespace(task_name="segmentation", predict=None))
-    cb.on_validation_batch_end(trainer, module, None, None, 0)
-    assert "no keypoints" in (cb._skip_reason or "")
+    loader = SimpleNamespace(dataset=[{"image": torch.zeros(3, 8, 8)}] * 3, collate_fn=None)
+    trainer = SimpleNamespace(**{**vars(trainer), "loggers": [wandb_logger], "val_dataloaders": loader,
+                                 "precision_plugin": SimpleNamespace(forward_context=torch.no_grad)})
+    for epoch in range(2):
+        trainer.current_epoch = epoch
+        cb.on_validation_batch_end(trainer, module, None, None, 0)
+    assert "does not draw its predictions" in (cb._skip_reason or "")
+    assert calls == [1], "after the first refusal the task is not run again"
     wandb_logger.log_image.assert_not_called()
 
 

@@ -2,8 +2,9 @@
 
 Each folder is a run folder (``results.json``, ``csv/metrics.csv``) or a folder searched for run
 folders (a Hydra multirun folder: one run per numbered subfolder). Writes ``comparison.md``,
-``comparison.csv`` and ``comparison.png`` to ``--out`` (default: the first folder given). The
-logic is in :mod:`hrexp.reports.comparison`.
+``comparison.csv`` and ``comparison.png`` to ``--out`` (default: the first folder given). Whether a
+metric is better high or low comes from each run's record (``results.json``; ``config.yaml`` for a
+run without one), never from the metric's name. The logic is in :mod:`hrexp.reports.comparison`.
 
 Examples::
 
@@ -26,7 +27,8 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
     parser.add_argument("--sort", help="column header or metric name (default: the headline metric)")
     direction = parser.add_mutually_exclusive_group()
     direction.add_argument("--descending", dest="descending", action="store_true",
-                           help="sort descending (default: descending for AP/AR/mIoU/Dice, else ascending)")
+                           help="sort descending (default: descending when the sorted metric is higher-is-better "
+                           "in the runs' records, else ascending)")
     direction.add_argument("--ascending", dest="descending", action="store_false", help="sort ascending")
     parser.set_defaults(descending=None)
     parser.add_argument("--metrics", help="comma-separated metric columns, e.g. val/mre,val/loss "

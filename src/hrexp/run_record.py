@@ -24,10 +24,11 @@ import math
 import os
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 SCHEMA_VERSION = 2
 RESULTS_FILE = "results.json"
+CONFIG_FILE = "config.yaml"  # the resolved run config, beside the record
 MODES = ("min", "max")
 STATUSES = ("running", "finished", "failed")
 
@@ -171,7 +172,10 @@ class RunRecord:
             RecordError: A newer schema than this version reads, or a malformed field.
         """
         data = dict(data)
-        version = int(data.pop("schema_version", 1))
+        try:
+            version = int(data.pop("schema_version", 1))
+        except (TypeError, ValueError):
+            raise RecordError("schema_version must be an integer") from None
         if version > SCHEMA_VERSION:
             raise RecordError(f"schema_version {version} is newer than this hrexp reads ({SCHEMA_VERSION}); "
                               "upgrade hrexp")
@@ -192,8 +196,40 @@ class RunRecord:
             for key in ("tags", "param_groups"):
                 kw[key] = list(kw.get(key) or [])
             return cls(**kw, extra=extra)
-        except TypeError as exc:  # a field of the wrong shape: name it
+        except (TypeError, AttributeError) as exc:  # a field of the wrong shape: name it
             raise RecordError(f"malformed field: {exc}") from None
+
+
+def monitor_and_modes_from_config(config: Mapping[str, Any]) -> tuple[Monitor | None, dict[str, str]]:
+    """The monitor and metric directions a run's resolved config gives (its ``config.yaml``).
+
+    ``task.monitor`` is the selection metric; every callback with a ``monitor`` and a ``mode`` (the
+    checkpoint callbacks: ``val/loss`` min, the task's metric) and ``callbacks.best_metrics.monitors``
+    entries that give a mode add their metric. Entries without a valid mode are left out: a
+    direction is never guessed.
+
+    Returns:
+        ``(monitor, modes)``: the monitor (``None`` when the config names none) and
+        ``{metric: "min" | "max"}``, the monitor included.
+    """
+    def section(parent: Any, key: str) -> Mapping[str, Any]:
+        value = parent.get(key) if isinstance(parent, Mapping) else None
+        return value if isinstance(value, Mapping) else {}
+
+    modes: dict[str, str] = {}
+    for callback in section(config, "callbacks").values():
+        if isinstance(callback, Mapping) and callback.get("monitor") and callback.get("mode") in MODES:
+            modes[str(callback["monitor"])] = str(callback["mode"])
+    monitors = section(section(config, "callbacks"), "best_metrics").get("monitors")
+    for item in monitors if isinstance(monitors, Sequence) and not isinstance(monitors, str) else []:
+        if isinstance(item, Mapping) and item.get("metric") and item.get("mode") in MODES:
+            modes[str(item["metric"])] = str(item["mode"])
+    task_monitor = section(section(config, "task"), "monitor")
+    monitor = None
+    if task_monitor.get("metric") and task_monitor.get("mode") in MODES:
+        monitor = Monitor(metric=str(task_monitor["metric"]), mode=str(task_monitor["mode"]))
+        modes[monitor.metric] = monitor.mode
+    return monitor, modes
 
 
 def _upgrade_v1(data: dict[str, Any], config: Mapping[str, Any]) -> dict[str, Any]:
@@ -201,15 +237,9 @@ def _upgrade_v1(data: dict[str, Any], config: Mapping[str, Any]) -> dict[str, An
     baseline = data.pop("baseline_mean_shape_val", None)
     if baseline is not None:
         data.setdefault("baselines", {})["mean_shape_val"] = baseline
-    modes: dict[str, str] = {}
-    callbacks = config.get("callbacks") or {}
-    for item in (callbacks.get("best_metrics") or {}).get("monitors") or []:
-        if item.get("mode") in MODES:
-            modes[str(item["metric"])] = str(item["mode"])
-    task_monitor = (config.get("task") or {}).get("monitor") or {}
-    if task_monitor.get("mode") in MODES:
-        modes[str(task_monitor["metric"])] = str(task_monitor["mode"])
-        data["monitor"] = {"metric": str(task_monitor["metric"]), "mode": str(task_monitor["mode"])}
+    monitor, modes = monitor_and_modes_from_config(config)
+    if monitor is not None:
+        data["monitor"] = asdict(monitor)
     data["metric_modes"] = modes
     return data
 
@@ -244,17 +274,18 @@ def write_record(run_dir: str | Path, record: RunRecord) -> Path:
     return write_json(Path(run_dir) / RESULTS_FILE, record.to_dict())
 
 
-def _run_config(run_dir: Path) -> dict[str, Any]:
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
     """The run's resolved ``config.yaml`` as plain data, or ``{}`` when absent or unreadable."""
-    path = run_dir / "config.yaml"
+    path = Path(run_dir) / CONFIG_FILE
     if not path.is_file():
         return {}
     import yaml
 
     try:
-        return yaml.safe_load(path.read_text()) or {}
-    except (OSError, yaml.YAMLError):
+        data = yaml.safe_load(path.read_text())
+    except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
+    return data if isinstance(data, dict) else {}
 
 
 def read_record(run_dir: str | Path) -> RunRecord:
@@ -273,7 +304,7 @@ def read_record(run_dir: str | Path) -> RunRecord:
         raise RecordError(f"{path}: not valid JSON ({exc})") from None
     if not isinstance(data, Mapping):
         raise RecordError(f"{path}: expected a JSON object, got {type(data).__name__}")
-    config = _run_config(run_dir) if "schema_version" not in data else {}
+    config = read_run_config(run_dir) if "schema_version" not in data else {}
     try:
         return RunRecord.from_dict(data, config=config)
     except RecordError as exc:

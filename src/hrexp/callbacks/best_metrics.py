@@ -15,18 +15,36 @@ class BestMetrics(pl.Callback):
     ``best/val_mre`` and ``best/val_mre_epoch``. The values are also kept in :attr:`best` for the
     run record and survive a resume (the callback has checkpoint state).
 
+    The direction of each metric is the one its metric declares (``higher_is_better``, asked of the
+    module's task in :meth:`setup`); a ``mode`` given in the config must agree with it.
+
     Args:
-        monitors: ``[{"metric": "val/mre", "mode": "min"}, ...]``.
+        monitors: ``[{"metric": "val/mre"}, {"metric": "val/sdr_8", "mode": "max"}, ...]``; ``mode``
+            (``min``/``max``) is needed only for a metric whose direction the task does not know.
     """
 
     def __init__(self, monitors: list[dict[str, str]]):
-        self.monitors: list[tuple[str, str]] = []
+        self.requested: list[tuple[str, str | None]] = []
         for m in monitors:
-            mode = m.get("mode", "min")
-            if mode not in ("min", "max"):
+            mode = m.get("mode")
+            if mode not in (None, "min", "max"):
                 raise ValueError(f"callbacks.best_metrics: mode of {m.get('metric')!r} must be 'min' or 'max', got {mode!r}")
-            self.monitors.append((str(m["metric"]), mode))
+            self.requested.append((str(m["metric"]), mode))
+        self.monitors: list[tuple[str, str]] = [(m, mode) for m, mode in self.requested if mode is not None]
         self.best: dict[str, dict[str, Any]] = {}
+
+    def setup(self, trainer: pl.Trainer, pl_module: pl.LightningModule, stage: str) -> None:
+        """Each metric's direction from the task (the metric's ``higher_is_better``), checked against the config."""
+        self.monitors = []
+        for metric, mode in self.requested:
+            declared = pl_module.task.metric_mode(metric)
+            if mode is not None and declared is not None and mode != declared:
+                raise ValueError(f"callbacks.best_metrics: mode={mode!r} for {metric}, but the metric is better when "
+                                 f"{'higher' if declared == 'max' else 'lower'}; drop the mode or set {declared!r}")
+            if mode is None and declared is None:
+                raise ValueError(f"callbacks.best_metrics: the task declares no direction for {metric}; give its mode "
+                                 "(min or max)")
+            self.monitors.append((metric, mode or declared))
 
     @staticmethod
     def key(metric: str) -> str:

@@ -80,6 +80,8 @@ class BackboneFreeze(Callback):
                     f"{self.epochs} epochs; set trainer.strategy=ddp_find_unused_parameters_true "
                     "(or ddp_spawn_find_unused_parameters_true)"
                 )
+        # Lightning runs this hook before configure_optimizers: the backbone's groups get lr 0 until the switch.
+        pl_module.add_schedule_gate(OPTION, "backbone", self.schedule_gate)
 
     def on_train_batch_start(self, trainer: pl.Trainer, pl_module: pl.LightningModule, batch: Any, batch_idx: int) -> None:
         # Before every training step, not at epoch start: a run resumed mid-epoch skips

@@ -1,7 +1,7 @@
 """Reading COCO-format JSON: the file itself and its keypoint annotations, for every COCO reader.
 
-Both the landmark reader (:mod:`hrexp.data.coco_reader`, one record per annotation, whole image)
-and the pose reader (:mod:`hrexp.data.pose_reader`, person boxes) go through here, so a file is
+Both the landmark reader (:mod:`hrexp.data.landmarks.coco_reader`, one record per annotation, whole image)
+and the pose reader (:mod:`hrexp.data.pose.reader`, person boxes) go through here, so a file is
 checked and an annotation is rejected the same way, with the same messages, in both.
 """
 
@@ -14,8 +14,7 @@ from typing import Any, Collection, Iterator, Sequence
 
 import numpy as np
 
-from hrexp.data.records import DataError
-from hrexp.data.validation import ErrorCollector
+from hrexp.data.errors import DataError, ErrorCollector
 
 
 def is_number(value: Any) -> bool:

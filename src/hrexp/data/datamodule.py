@@ -1,367 +1,221 @@
-"""Lightning datamodules for landmark data: one base class, one thin subclass per annotation format.
+"""The datamodule base: what every datamodule shares, the hooks a family fills in, the one a format fills in.
 
-Each Hydra config in ``conf/data/`` maps 1:1 to a subclass here. The base class owns everything
-that does not depend on the format: reading all splits once in ``setup()`` (so bad data fails
-before training), validation, the seeded train/val split, the transforms and the dataloaders.
-A subclass only says which files make up which split (:meth:`LandmarkDataModule.read_splits`).
+Three levels, one class each:
 
-Call ``prepare_data()`` then ``setup()`` before asking for ``num_keypoints`` / ``keypoint_names``
-(e.g. to build the task's head); Lightning's own later ``setup`` calls are then no-ops.
+- :class:`HRExpDataModule` (here): ``setup()`` (idempotent), the test-split fallback, ``splits``,
+  ``test_split_name``, the loaders and their batch sizes, the collate hook, the seeded split
+  helpers, ``resolve_path`` and ``load_image``;
+- a family base (``landmarks/``, ``pose/``, ``segmentation/`` ``datamodule.py``): checks the splits
+  and splits off what the format did not give (:meth:`~HRExpDataModule.complete_splits`), builds the
+  datasets with the family's transforms (:meth:`~HRExpDataModule.build_datasets`), and says what a
+  task needs (:attr:`~HRExpDataModule.dataset_meta`) and what the network sees
+  (:attr:`~HRExpDataModule.input_size`, :attr:`~HRExpDataModule.input_size_option`);
+- a format (a subclass of a family base, one per annotation format): reads the files into the
+  family's split records (:meth:`~HRExpDataModule.read_splits`). A new format is a subclass that
+  implements ``read_splits()`` only.
+
+``setup()`` runs ``read_splits() -> complete_splits() -> test fallback -> build_datasets()`` once:
+every split is read and checked before training, so bad data fails in seconds. Call
+``prepare_data()`` then ``setup()`` before asking for ``dataset_meta`` (the task's head needs it);
+Lightning's own later ``setup`` calls are then no-ops.
 """
 
 from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable
 
 import numpy as np
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader
+from torch.utils.data import DataLoader, Dataset
 
-from hrexp.data.aasce_reader import read_aasce
-from hrexp.data.coco_reader import read_coco_keypoints
-from hrexp.data.csv_reader import read_landmarks_csv
-from hrexp.data.dataset import LandmarkDataset
+from hrexp.data import images, paths
+from hrexp.data.errors import DataError
 from hrexp.data.loaders import make_loader
-from hrexp.data.records import DataError, LandmarkSet
-from hrexp.data.synthetic_spine import build_synthetic_spine
-from hrexp.data.transforms import LandmarkTransform
-from hrexp.data.validation import check_same_landmarks, validate_landmark_set
+from hrexp.data.splits import split_indices, split_three
 
 log = logging.getLogger(__name__)
 
-
-def split_indices(n: int, val_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """Seeded train/val split of ``range(n)``, each part in file order.
-
-    Uses its own generator, so the split depends only on ``seed`` (not on the global seed that
-    varies between runs) and the validation images stay the same across experiments.
-    """
-    if not 0.0 < val_fraction < 1.0:
-        raise ValueError(f"val_fraction must be in (0, 1), got {val_fraction}")
-    n_val = int(round(n * val_fraction))
-    n_val = min(max(n_val, 1), n - 1) if n >= 2 else 0
-    order = np.random.default_rng(seed).permutation(n)
-    return sorted(order[n_val:].tolist()), sorted(order[:n_val].tolist())
+SPLITS = ("train", "val", "test")
 
 
-class LandmarkDataModule(LightningDataModule):
-    """Common landmark datamodule; subclasses implement :meth:`read_splits`.
+class HRExpDataModule(LightningDataModule):
+    """Base of every hrexp datamodule (see the module docstring for the hooks).
 
     Args:
-        image_size: Network input ``(height, width)``.
-        batch_size: Batch size of every loader.
+        batch_size: Training batch size.
+        eval_batch_size: Validation / test batch size (None: ``batch_size``).
         num_workers: DataLoader workers.
-        val_fraction: Validation share when there is no validation file.
-        split_seed: Seed of the train/val split (independent of the global seed).
-        num_keypoints: Expected landmark count; checked against the data when given.
-        keep_aspect: Fit images with their aspect ratio kept (padding) instead of stretched.
-        rotation: Training rotation range in degrees (``+-rotation``).
-        scale: Training scale range ``(min, max)``.
-        brightness: Training brightness jitter (additive, image in [0, 1]).
-        contrast: Training contrast jitter (relative).
-        flip: Horizontal flip in training: None = on iff the data defines flip pairs; True without
-            flip pairs is a configuration error.
         pin_memory: DataLoader ``pin_memory``.
+        val_fraction: Validation share split off the training split when the format gives no
+            validation split.
+        split_seed: Seed of the split helpers (their own generator, independent of the global seed).
+        root: Folder that :meth:`resolve_path` resolves relative paths against (None: the working
+            directory).
     """
+
+    #: The config option of :attr:`input_size`, for error messages (``"data.image_size"``).
+    input_size_option: str = "data.image_size"
 
     def __init__(
         self,
-        image_size: Sequence[int] = (256, 128),
-        batch_size: int = 8,
+        *,
+        batch_size: int,
+        eval_batch_size: int | None = None,
         num_workers: int = 0,
-        val_fraction: float = 0.15,
-        split_seed: int = 0,
-        num_keypoints: int | None = None,
-        keep_aspect: bool = True,
-        rotation: float = 10.0,
-        scale: Sequence[float] = (0.9, 1.1),
-        brightness: float = 0.1,
-        contrast: float = 0.1,
-        flip: bool | None = None,
         pin_memory: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        root: str | Path | None = None,
     ):
         super().__init__()
-        self.image_size = (int(image_size[0]), int(image_size[1]))
         self.batch_size = int(batch_size)
+        self._eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
         self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
-        self.expected_num_keypoints = None if num_keypoints is None else int(num_keypoints)
-        self.keep_aspect = bool(keep_aspect)
-        self.rotation = float(rotation)
-        self.scale = (float(scale[0]), float(scale[1]))
-        self.brightness = float(brightness)
-        self.contrast = float(contrast)
-        self.flip = flip
-        self.pin_memory = bool(pin_memory)
-        self._sets: dict[str, LandmarkSet] | None = None
+        self.root = None if root in (None, "") else Path(root)
         self.test_split_name = "test"
-        self.datasets: dict[str, LandmarkDataset] = {}
+        self.datasets: dict[str, Dataset] = {}
+        self._splits: dict[str, Any] | None = None
 
-    # ------------------------------------------------------------------ to implement per format
-    def read_splits(self) -> dict[str, LandmarkSet | None]:
-        """Reads the annotation files: ``{"train": set, "val": set or None, "test": set or None}``."""
-        raise NotImplementedError
+    # ------------------------------------------------------------------ the format's hook
+    def read_splits(self) -> dict[str, Any]:
+        """Reads the annotation files: ``{"train": records, "val": records or None, "test": records or None}``.
+
+        The records are the family's type (``LandmarkSet``, ``PoseSplit``, ``SegSet``); None means the
+        format has no file for that split (the family splits validation, and for segmentation test,
+        off the training split; no test split at all tests on the validation split).
+        """
+        raise NotImplementedError(f"{type(self).__name__}: a data format implements read_splits()")
+
+    # ------------------------------------------------------------------ the family's hooks
+    def complete_splits(self, splits: dict[str, Any]) -> dict[str, Any]:
+        """Checks every split read and splits off the missing ones; returns ``train`` and ``val`` (and
+        ``test`` when there is one: None makes the validation split the test split)."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements complete_splits()")
+
+    def build_datasets(self, splits: dict[str, Any]) -> dict[str, Dataset]:
+        """One dataset per split (``train``, ``val``, ``test``) with the family's transforms.
+
+        ``splits`` is the dict kept as :attr:`splits`; a family may replace a split's records in it
+        by the ones its dataset serves (pose: the test split's detection boxes).
+        """
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements build_datasets()")
+
+    @property
+    def dataset_meta(self) -> dict[str, Any]:
+        """What a task needs to know about the data (keypoint names, classes, ...); after ``setup()``."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements dataset_meta")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The network input ``(height, width)`` during training (see :attr:`input_size_option`)."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements input_size")
+
+    def collate_fn(self, split: str) -> Callable | None:
+        """The loader's collate function for ``split``; None: torch's default collate."""
+        return None
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
-        """Reads and validates every split once (idempotent), then builds the datasets."""
-        if self._sets is not None:
+        """Reads, checks and splits the data once (later calls are no-ops), then builds the datasets.
+
+        Raises:
+            DataError: Bad data, named by file and row (raised by the format's reader or the family's
+                checks).
+        """
+        if self._splits is not None:
             return
-        splits = self.read_splits()
-        train = splits["train"]
-        if train is None:
-            raise DataError("no training annotation file given")
-        validate_landmark_set(train, split="train", num_keypoints=self.expected_num_keypoints)
-        val, test = splits.get("val"), splits.get("test")
-        for name, other in (("val", val), ("test", test)):
-            if other is not None:
-                check_same_landmarks(train, other, name)
-                validate_landmark_set(other, split=name, num_keypoints=self.expected_num_keypoints)
-        if val is None:
-            train_idx, val_idx = split_indices(len(train), self.val_fraction, self.split_seed)
-            val = train.subset(val_idx, source=f"{train.source} [val split, seed {self.split_seed}]")
-            train = train.subset(train_idx, source=f"{train.source} [train split, seed {self.split_seed}]")
-            validate_landmark_set(train, split="train", check_images=False)
-            validate_landmark_set(val, split="val", check_images=False)
-        if test is None:
-            log.warning("no test annotations: the test split is the validation split (%d images)", len(val))
-            test = val
-            self.test_split_name = "val"
+        name = type(self).__name__
+        splits = dict(self.read_splits())
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"{name}.read_splits() returned splits {unknown}; expected only {list(SPLITS)}")
+        if splits.get("train") is None:
+            raise DataError(f"{name}: no training data (read_splits() gave no 'train' split)")
+        splits = dict(self.complete_splits({split: splits.get(split) for split in SPLITS}))
+        if splits.get("val") is None:
+            raise RuntimeError(f"{name}.complete_splits() returned no 'val' split")
+        if splits.get("test") is None:
+            log.warning("%s: no test split: the test split is the validation split (%d samples)", name,
+                        len(splits["val"]))
+            splits["test"], self.test_split_name = splits["val"], "val"
         else:
             self.test_split_name = "test"
-
-        if self.flip and not train.flip_pairs:
-            raise ValueError(
-                f"flip=True but {train.source} defines no flip pairs: a flipped image would keep left "
-                f"landmarks labelled left; set flip to null (auto) or false"
-            )
-        use_flip = bool(train.flip_pairs) if self.flip is None else bool(self.flip)
-        common = dict(image_size=self.image_size, keep_aspect=self.keep_aspect, flip_pairs=train.flip_pairs)
-        train_tf = LandmarkTransform(
-            train=True,
-            rotation=self.rotation,
-            scale=self.scale,
-            flip=use_flip,
-            brightness=self.brightness,
-            contrast=self.contrast,
-            **common,
-        )
-        eval_tf = LandmarkTransform(train=False, **common)
-        self._sets = {"train": train, "val": val, "test": test}
-        self.datasets = {
-            "train": LandmarkDataset(train, train_tf),
-            "val": LandmarkDataset(val, eval_tf),
-            "test": LandmarkDataset(test, eval_tf),
-        }
-        log.info(
-            "landmark data: %d train, %d val, %d %s images, %d landmarks",
-            len(train), len(val), len(test), self.test_split_name, train.num_keypoints,
-        )
-
-    def _set(self, split: str) -> LandmarkSet:
-        if self._sets is None:
-            raise RuntimeError(f"{type(self).__name__}: call prepare_data() and setup() before using the data")
-        return self._sets[split]
+        self.datasets = self.build_datasets(splits)
+        self._splits = splits
 
     # ------------------------------------------------------------------ what the rest of hrexp reads
     @property
-    def train_set(self) -> LandmarkSet:
-        """Training records."""
-        return self._set("train")
+    def splits(self) -> dict[str, Any]:
+        """The records of ``train``, ``val`` and ``test`` after ``setup()`` (``test`` is ``val`` when
+        :attr:`test_split_name` is ``"val"``).
+
+        Raises:
+            RuntimeError: Before ``setup()``.
+        """
+        if self._splits is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: call setup() (after prepare_data()) before using the data (splits, "
+                f"datasets, loaders, dataset_meta)"
+            )
+        return self._splits
 
     @property
-    def val_set(self) -> LandmarkSet:
-        """Validation records."""
-        return self._set("val")
+    def eval_batch_size(self) -> int:
+        """Validation / test batch size (``batch_size`` unless set)."""
+        return self.batch_size if self._eval_batch_size is None else self._eval_batch_size
 
-    @property
-    def test_set(self) -> LandmarkSet:
-        """Test records (the validation records when there is no test file; see ``test_split_name``)."""
-        return self._set("test")
+    @eval_batch_size.setter
+    def eval_batch_size(self, value: int | None) -> None:
+        self._eval_batch_size = None if value is None else int(value)
 
-    @property
-    def keypoint_names(self) -> list[str]:
-        """Landmark names in index order."""
-        return list(self.train_set.names)
-
-    @property
-    def num_keypoints(self) -> int:
-        """Number of landmarks K."""
-        return self.train_set.num_keypoints
-
-    @property
-    def flip_pairs(self) -> list[tuple[int, int]]:
-        """Landmark index pairs swapped by a horizontal flip (empty when none are defined)."""
-        return list(self.train_set.flip_pairs)
-
-    @property
-    def dataset_meta(self) -> dict:
-        """What a task needs to know about the data: landmark count, names and flip pairs."""
-        return {"num_keypoints": self.num_keypoints, "keypoint_names": self.keypoint_names, "flip_pairs": self.flip_pairs}
-
-    def _loader(self, split: str, shuffle: bool) -> DataLoader:
-        self._set(split)
-        return make_loader(self.datasets[split], batch_size=self.batch_size, shuffle=shuffle,
-                           num_workers=self.num_workers, pin_memory=self.pin_memory)
+    def dataloader(self, split: str) -> DataLoader:
+        """The loader of ``split``: shuffled training batches, or evaluation batches in split order
+        (the last partial batch is kept)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self.splits  # noqa: B018 (raises before setup)
+        train = split == "train"
+        return make_loader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=self.collate_fn(split),
+        )
 
     def train_dataloader(self) -> DataLoader:
-        """Shuffled training batches (the last partial batch is kept)."""
-        return self._loader("train", shuffle=True)
+        return self.dataloader("train")
 
     def val_dataloader(self) -> DataLoader:
-        """Validation batches in file order."""
-        return self._loader("val", shuffle=False)
+        return self.dataloader("val")
 
     def test_dataloader(self) -> DataLoader:
-        """Test batches in file order."""
-        return self._loader("test", shuffle=False)
+        return self.dataloader("test")
 
+    # ------------------------------------------------------------------ helpers for families and formats
+    def split_train_val(self, n: int) -> tuple[list[int], list[int]]:
+        """Seeded ``(train, val)`` indices of ``range(n)`` with ``val_fraction`` and ``split_seed``."""
+        return split_indices(n, self.val_fraction, self.split_seed)
 
-def _optional_path(value: str | Path | None) -> Path | None:
-    return None if value in (None, "") else Path(value)
+    def split_train_val_test(self, n: int, val_fraction: float, test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+        """Seeded ``(train, val, test)`` indices of ``range(n)`` with ``split_seed`` (a fraction 0: empty part)."""
+        return split_three(n, val_fraction, test_fraction, self.split_seed)
 
+    def split_source(self, source: str, split: str) -> str:
+        """The ``source`` of records split off ``source`` (named in messages): ``"a.csv [val split, seed 0]"``."""
+        return f"{source} [{split} split, seed {self.split_seed}]"
 
-class CsvLandmarkDataModule(LandmarkDataModule):
-    """Landmarks from wide CSV files (see :mod:`hrexp.data.csv_reader`).
+    def resolve_path(self, value: str | Path | None) -> Path | None:
+        """An option's path, relative to ``root`` when one is set (see :func:`hrexp.data.paths.resolve_path`)."""
+        return paths.resolve_path(value, self.root)
 
-    Args:
-        csv: Training CSV (split into train/val unless ``val_csv`` is given).
-        val_csv: Optional validation CSV.
-        test_csv: Optional test CSV (otherwise the test split is the validation split).
-        pixel_spacing: Spacing (mm per pixel) for rows without a spacing cell.
-        image_column: Image-path column name (the first column when absent).
-        spacing_column: Pixel-spacing column name.
-        **common: :class:`LandmarkDataModule` arguments.
-    """
-
-    def __init__(
-        self,
-        csv: str | Path,
-        val_csv: str | Path | None = None,
-        test_csv: str | Path | None = None,
-        pixel_spacing: float | None = None,
-        image_column: str = "image",
-        spacing_column: str | None = "pixel_spacing",
-        **common,
-    ):
-        super().__init__(**common)
-        self.csv = Path(csv)
-        self.val_csv = _optional_path(val_csv)
-        self.test_csv = _optional_path(test_csv)
-        self.pixel_spacing = pixel_spacing
-        self.image_column = image_column
-        self.spacing_column = spacing_column
-
-    def _read(self, path: Path | None) -> LandmarkSet | None:
-        if path is None:
-            return None
-        return read_landmarks_csv(
-            path, image_column=self.image_column, spacing_column=self.spacing_column, pixel_spacing=self.pixel_spacing
-        )
-
-    def read_splits(self) -> dict[str, LandmarkSet | None]:
-        return {"train": self._read(self.csv), "val": self._read(self.val_csv), "test": self._read(self.test_csv)}
-
-
-class CocoLandmarkDataModule(LandmarkDataModule):
-    """Landmarks from COCO keypoints JSON files (one sample per annotation, whole image).
-
-    Args:
-        json: Training JSON (split into train/val unless ``val_json`` is given).
-        val_json: Optional validation JSON.
-        test_json: Optional test JSON.
-        pixel_spacing: Spacing (mm per pixel) for images without a ``pixel_spacing`` field.
-        category_id: Category to read when the file has several with keypoint names.
-        **common: :class:`LandmarkDataModule` arguments.
-    """
-
-    def __init__(
-        self,
-        json: str | Path,
-        val_json: str | Path | None = None,
-        test_json: str | Path | None = None,
-        pixel_spacing: float | None = None,
-        category_id: int | None = None,
-        **common,
-    ):
-        super().__init__(**common)
-        self.json = Path(json)
-        self.val_json = _optional_path(val_json)
-        self.test_json = _optional_path(test_json)
-        self.pixel_spacing = pixel_spacing
-        self.category_id = category_id
-
-    def _read(self, path: Path | None) -> LandmarkSet | None:
-        if path is None:
-            return None
-        return read_coco_keypoints(path, pixel_spacing=self.pixel_spacing, category_id=self.category_id)
-
-    def read_splits(self) -> dict[str, LandmarkSet | None]:
-        return {"train": self._read(self.json), "val": self._read(self.val_json), "test": self._read(self.test_json)}
-
-
-class AasceDataModule(LandmarkDataModule):
-    """AASCE 2019 spine X-rays: train/val = seeded split of ``training``, test = ``test``.
-
-    Args:
-        root: Dataset folder (``data/`` and ``labels/``).
-        **common: :class:`LandmarkDataModule` arguments.
-    """
-
-    def __init__(self, root: str | Path, **common):
-        super().__init__(**common)
-        self.root = Path(root)
-
-    def read_splits(self) -> dict[str, LandmarkSet | None]:
-        if not self.root.is_dir():
-            raise DataError(f"{self.root}: AASCE data folder not found (set data.root or paths.shared_data)")
-        return {"train": read_aasce(self.root, "training"), "val": None, "test": read_aasce(self.root, "test")}
-
-
-class SyntheticSpineDataModule(CsvLandmarkDataModule):
-    """The synthetic spine set (built on first use into ``cache_dir``), read as CSV.
-
-    Args:
-        cache_dir: Cache folder of the generated images and CSVs.
-        num_train: Generated training images (split into train/val).
-        num_test: Generated test images.
-        seed: Generator seed of the data set (not the split seed).
-        original_size: Generated image ``(height, width)``.
-        num_vertebrae: Blocks per image (landmarks = 4 x this).
-        **common: :class:`LandmarkDataModule` arguments.
-    """
-
-    def __init__(
-        self,
-        cache_dir: str | Path,
-        num_train: int = 240,
-        num_test: int = 60,
-        seed: int = 0,
-        original_size: Sequence[int] = (512, 256),
-        num_vertebrae: int = 10,
-        **common,
-    ):
-        cache_dir = Path(cache_dir)
-        super().__init__(csv=cache_dir / "train.csv", test_csv=cache_dir / "test.csv", **common)
-        self.cache_dir = cache_dir
-        self.build_args = dict(
-            num_train=int(num_train),
-            num_test=int(num_test),
-            seed=int(seed),
-            image_size=(int(original_size[0]), int(original_size[1])),
-            num_vertebrae=int(num_vertebrae),
-        )
-        if num_test == 0:
-            self.test_csv = None
-
-    def prepare_data(self) -> None:
-        """Builds the cache (no-op when it is already there with the same parameters)."""
-        build_synthetic_spine(self.cache_dir, **self.build_args)
-
-    def read_splits(self) -> dict[str, LandmarkSet | None]:
-        # Also here: setup() may run without prepare_data() (tests, notebooks); a no-op when built.
-        build_synthetic_spine(self.cache_dir, **self.build_args)
-        return super().read_splits()
+    @staticmethod
+    def load_image(path: str | Path) -> np.ndarray:
+        """An image as float32 in [0, 1] (see :func:`hrexp.data.images.load_image`)."""
+        return images.load_image(path)

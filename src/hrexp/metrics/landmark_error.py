@@ -30,6 +30,9 @@ class LandmarkError(Metric):
     * ``"sdr_<r>"`` for each radius ``r``: the fraction (0..1) of visible landmarks whose error
       is ``<= r`` px (inclusive).
 
+    ``higher_is_better`` (False) is the direction of the errors; the SDR keys go the other way and
+    say so in ``higher_is_better_by_key`` (see :mod:`hrexp.metrics.direction`).
+
     Every value is NaN when no visible landmark was seen. Per-landmark means come from
     :meth:`per_landmark`. All states are sums reduced with ``"sum"``, so they sync under DDP and
     merge with :meth:`merge_state`.
@@ -67,6 +70,7 @@ class LandmarkError(Metric):
         self.num_keypoints = int(num_keypoints)
         self.radii = radii
         self._radius_keys = keys
+        self.higher_is_better_by_key = {"mre": False, "mre_mm": False, **{key: True for key in keys}}
         k, n_r = self.num_keypoints, len(radii)
 
         # Error sums are float, counts integer (exact however long the epoch).

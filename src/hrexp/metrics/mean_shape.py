@@ -10,7 +10,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from hrexp.data.records import LandmarkSet
+from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.metrics.landmark_error import LandmarkError
 
 

@@ -24,6 +24,12 @@ def count_parameters(module: nn.Module) -> int:
     return sum(p.numel() for p in module.parameters())
 
 
+def parameter_counts(module: nn.Module) -> dict[str, int]:
+    """All and trainable parameters (they differ when stages are frozen)."""
+    trainable = sum(p.numel() for p in module.parameters() if p.requires_grad)
+    return {"total": count_parameters(module), "trainable": trainable}
+
+
 @torch.no_grad()
 def count_macs(module: nn.Module, input_size: tuple[int, ...] = (1, 3, 256, 192)) -> int:
     """Multiply-adds of one forward pass on an input of ``input_size`` (batch included).

@@ -1,32 +1,54 @@
-"""What every task shares: a head fitted to the backbone, per-stage metrics, and their read-out.
+"""What every task shares: a head fitted to the backbone, per-stage metrics, and the task's hooks.
 
-The LightningModule relies on this contract: ``forward(features)``, ``stride``, ``monitor``,
-``flip_test``, ``has_targets(batch)``, ``loss(outputs, batch)``, ``eval_outputs(model, batch)``,
-``predict(outputs, batch, flipped_outputs=None)``, ``update_metrics(stage, preds, batch)``,
-``compute_metrics(stage)`` and ``on_eval_epoch_start(stage, dataset)``.
+A task is the whole of what is specific to one kind of problem; everything else (the
+LightningModule, the run record, eval, the comparison, the W&B images) calls only this contract:
+
+* training and evaluation: ``forward(features)``, ``stride``, ``monitor``, ``flip_test``,
+  ``has_targets(batch)``, ``loss(outputs, batch)``, ``eval_outputs(model, batch)``,
+  ``predict(outputs, batch, flipped_outputs=None)``, ``update_metrics(stage, preds, batch)``,
+  ``compute_metrics(stage)``, ``on_eval_epoch_start(stage, dataset)``;
+* directions: ``metric_mode(name)``, from each metric's own ``higher_is_better``;
+* reporting (defaults do nothing): ``baselines(datamodule)`` (reference scores that need no
+  training, stored in the run record), ``summary_rows(record)`` (task lines of the run summary),
+  ``per_item_tables(stage)`` (eval's tables, e.g. ``per_landmark.csv``) and
+  ``draw_predictions(images, batch, preds)`` (ground truth and prediction drawn on the inputs: the
+  W&B image panel).
 """
 
 from __future__ import annotations
 
-from typing import Any, Callable, Mapping, Sequence
+import math
+from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
+from hrexp.metrics.direction import output_mode
+
+if TYPE_CHECKING:
+    from hrexp.run_record import RunRecord
+
 STAGES = ("val", "test")
+
+
+def finite_or_none(value: float) -> float | None:
+    """A table cell: the value, or None (an empty cell) when it is NaN or infinite (undefined)."""
+    return value if math.isfinite(value) else None
 
 
 class Task(nn.Module):
     """A head on the backbone's features, plus one metric object per evaluation stage.
 
-    Subclasses set ``self.metrics`` (an ``nn.ModuleDict`` keyed by :data:`STAGES`: validation and
+    Subclasses create their metrics with :meth:`init_metrics` (one object per stage: validation and
     test states must never mix) and implement the loss, prediction and metric updates.
 
     Args:
         head: Partial head constructor, called as ``head(feature_info=..., num_outputs=...)``.
         feature_info: The backbone's feature description.
         num_outputs: Output channels of the head (keypoints or classes).
-        monitor: The metric that selects the best checkpoint (``{"metric": ..., "mode": ...}``).
+        monitor: The metric that selects the best checkpoint (``{"metric": ..., "mode": ...}``); its
+            mode must agree with the metric's own ``higher_is_better`` (checked in :meth:`init_metrics`).
     """
 
     task_name = "task"
@@ -41,7 +63,28 @@ class Task(nn.Module):
     ):
         super().__init__()
         self.head = head(feature_info=feature_info, num_outputs=num_outputs)
-        self.monitor = dict(monitor)
+        self.monitor = {"metric": str(monitor["metric"]), "mode": str(monitor.get("mode", ""))}
+
+    def init_metrics(self, factory: Callable[[], nn.Module]) -> None:
+        """One metric object per stage from ``factory``; then check the monitor against the metric.
+
+        Raises:
+            ValueError: ``task.monitor.mode`` is not ``min``/``max``, or contradicts the direction
+                the monitored metric declares (a ``max`` metric monitored with ``min`` would keep its
+                worst checkpoint).
+        """
+        self.metrics = nn.ModuleDict({stage: factory() for stage in STAGES})
+        metric, mode = self.monitor["metric"], self.monitor["mode"]
+        if mode not in ("min", "max"):
+            raise ValueError(f"task.monitor.mode={mode!r}: expected 'min' or 'max'")
+        if not metric.startswith("val/"):
+            raise ValueError(f"task.monitor.metric={metric!r}: expected a validation metric ('val/...')")
+        declared = self.metric_mode(metric)
+        if declared is not None and declared != mode:
+            raise ValueError(
+                f"task.monitor.mode={mode!r} but {metric} is better when {'higher' if declared == 'max' else 'lower'} "
+                f"(the metric's higher_is_better); set task.monitor.mode={declared}"
+            )
 
     @property
     def stride(self) -> float:
@@ -51,6 +94,7 @@ class Task(nn.Module):
     def forward(self, features: list[torch.Tensor]) -> torch.Tensor:
         return self.head(features)
 
+    # ------------------------------------------------------------------ training and evaluation
     def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
         """Whether the batch has anything to compute a loss against."""
         return True
@@ -72,3 +116,41 @@ class Task(nn.Module):
         values = metric.compute()
         metric.reset()
         return {f"{stage}/{name}": value for name, value in values.items() if self.is_defined(value)}
+
+    def metric_mode(self, name: str) -> str | None:
+        """``"min"``/``"max"`` for a logged name (``val/mre``, ``test/AP``, ``val/loss``); None if undeclared."""
+        stage, _, key = name.partition("/")
+        if key == "loss":
+            return "min"
+        if stage not in STAGES or not hasattr(self, "metrics"):
+            return None
+        return output_mode(self.metrics[stage], key)
+
+    # ------------------------------------------------------------------ reporting hooks
+    def baselines(self, datamodule: Any) -> dict[str, dict[str, float]]:
+        """Reference scores that need no training, by name (stored in the run record's ``baselines``)."""
+        return {}
+
+    def summary_rows(self, record: "RunRecord") -> list[tuple[str, str]]:
+        """Task-specific ``(quantity, value)`` lines of the run summary printed at the end of training."""
+        return []
+
+    def per_item_tables(self, stage: str) -> dict[str, list[dict[str, Any]]]:
+        """Tables of the stage's results per item (landmark, class, ...), by file stem (``per_landmark``).
+
+        Read by the module at the end of a test epoch, before :meth:`compute_metrics` resets the
+        metrics; ``eval.py`` writes each as ``<name>.csv``.
+        """
+        return {}
+
+    def draw_predictions(self, images: Sequence[np.ndarray], batch: Mapping[str, Any],
+                         preds: Mapping[str, Any], scale: int = 1) -> list[tuple[np.ndarray, str]]:
+        """Ground truth and prediction drawn on each network input; ``(picture, caption)`` per sample.
+
+        Args:
+            images: The batch's inputs as ``[H, W, 3]`` uint8 RGB (de-normalised).
+            batch: The batch (on any device).
+            preds: :meth:`predict`'s output for it.
+            scale: Integer enlargement of the pictures (small inputs become readable).
+        """
+        raise NotImplementedError(f"task {self.task_name!r} does not draw its predictions")

@@ -1,19 +1,21 @@
 """What every heatmap keypoint task shares: head, target encoding, loss, decoding and the flip test.
 
 A concrete task (:class:`~hrexp.tasks.landmarks.LandmarkTask`, :class:`~hrexp.tasks.pose.PoseTask`)
-adds only its metrics. The LightningModule calls :meth:`loss`, :meth:`predict`,
-:meth:`update_metrics`, :meth:`compute_metrics` and, when present, ``on_eval_epoch_start``.
+adds its metrics and reports; drawing (ground truth green, prediction red) is shared here.
 """
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
 from hrexp.data.transforms import flip_permutation
 from hrexp.geometry import apply_affine, invert_affine
+from hrexp.reports.drawing import draw_keypoints
 from hrexp.tasks.base import Task
 
 
@@ -115,3 +117,21 @@ class HeatmapKeypointTask(Task):
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         raise NotImplementedError
+
+    def draw_predictions(self, images: Sequence[np.ndarray], batch: Mapping[str, Any],
+                         preds: Mapping[str, Any], scale: int = 1) -> list[tuple[np.ndarray, str]]:
+        """Ground truth (green) and prediction (red) in input pixels, joined by a yellow line.
+
+        Each caption gives the sample's mean error in ORIGINAL image pixels (the unit of the metrics).
+        """
+        pred_in = preds["keypoints_input"].float().cpu().numpy()
+        gt_in = batch["keypoints"].float().cpu().numpy()
+        vis_in = batch["visible"].cpu().numpy() > 0
+        dist = (preds["keypoints"].float() - batch["keypoints_orig"].float()).norm(dim=-1).cpu()
+        vis_orig = batch["visible_orig"].cpu() > 0
+        out = []
+        for i, image in enumerate(images):
+            err = float(dist[i][vis_orig[i]].mean()) if bool(vis_orig[i].any()) else math.nan
+            picture = draw_keypoints(image, gt_in[i], pred_in[i], vis_in[i], scale=scale)
+            out.append((picture, "" if math.isnan(err) else f"mean error {err:.2f} px"))
+        return out

@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+import math
+from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
 import torch
 from torch import nn
 
+from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.metrics.landmark_error import LandmarkError
-from hrexp.tasks.base import STAGES
+from hrexp.metrics.mean_shape import mean_shape_baseline
+from hrexp.tasks.base import finite_or_none
 from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
+
+if TYPE_CHECKING:
+    from hrexp.run_record import RunRecord
+
+MEAN_SHAPE = "mean_shape_val"
 
 
 class LandmarkTask(HeatmapKeypointTask):
@@ -30,11 +38,38 @@ class LandmarkTask(HeatmapKeypointTask):
         super().__init__(head, codec, loss, feature_info, dataset_meta,
                          monitor=monitor or {"metric": "val/mre", "mode": "min"}, **kwargs)
         self.sdr_radii = list(sdr_radii)
-        self.metrics = nn.ModuleDict({stage: LandmarkError(self.num_keypoints, self.sdr_radii) for stage in STAGES})
+        self.init_metrics(lambda: LandmarkError(self.num_keypoints, self.sdr_radii))
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         self.metrics[stage].update(preds["keypoints"], batch["keypoints_orig"], batch["visible_orig"], batch["spacing"])
 
-    def per_landmark_errors(self, stage: str) -> dict[str, torch.Tensor]:
-        """Per-landmark mean errors of the stage (call before :meth:`compute_metrics` resets)."""
-        return self.metrics[stage].per_landmark()
+    # ------------------------------------------------------------------ reports
+    def baselines(self, datamodule: Any) -> dict[str, dict[str, float]]:
+        """``mean_shape_val``: the training set's mean landmark positions scored on the validation split.
+
+        A model that learned nothing image-specific does about this well. Needs landmark records
+        (a landmark datamodule); with other data there is no baseline.
+        """
+        train, val = datamodule.splits["train"], datamodule.splits["val"]
+        if not (isinstance(train, LandmarkSet) and isinstance(val, LandmarkSet)):
+            return {}
+        return {MEAN_SHAPE: mean_shape_baseline(train, val, radii=self.sdr_radii)}
+
+    def summary_rows(self, record: "RunRecord") -> list[tuple[str, str]]:
+        """The mean-shape baseline's val/mre and the best val/mre over it (< 1: the model beat it)."""
+        baseline = (record.baselines.get(MEAN_SHAPE) or {}).get("mre")
+        if baseline is None or not math.isfinite(baseline):
+            return []
+        rows = [("mean-shape baseline val/mre", f"{baseline:.4g}")]
+        best = record.best.get("val/mre")
+        if best is not None and best.value is not None:
+            rows.append(("best val/mre / baseline", f"{best.value / baseline:.4g}"))
+        return rows
+
+    def per_item_tables(self, stage: str) -> dict[str, list[dict[str, Any]]]:
+        """``per_landmark``: each landmark's mean radial error in px and mm (empty cells: never seen)."""
+        errors = {k: v.detach().cpu() for k, v in self.metrics[stage].per_landmark().items()}
+        rows = []
+        for i, name in enumerate(self.keypoint_names):
+            rows.append({"landmark": name, **{k: finite_or_none(float(v[i])) for k, v in errors.items()}})
+        return {"per_landmark": rows}

@@ -8,7 +8,6 @@ import torch
 from torch import nn
 
 from hrexp.metrics.coco_keypoints import CocoKeypointAP
-from hrexp.tasks.base import STAGES
 from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
 
 
@@ -43,10 +42,8 @@ class PoseTask(HeatmapKeypointTask):
                 f"{self.num_keypoints} keypoints; set data.metadata to a file with a 'sigmas' list"
             )
         self.sigmas = sigmas
-        self.metrics = nn.ModuleDict({
-            stage: CocoKeypointAP(sigmas, score_threshold=score_threshold, oks_nms_threshold=oks_nms_threshold)
-            for stage in STAGES
-        })
+        self.init_metrics(lambda: CocoKeypointAP(sigmas, score_threshold=score_threshold,
+                                                 oks_nms_threshold=oks_nms_threshold))
 
     def on_eval_epoch_start(self, stage: str, dataset: Any) -> None:
         """Give the stage's metric the ground truth of the dataset about to be evaluated."""

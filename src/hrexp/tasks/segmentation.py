@@ -2,15 +2,18 @@
 
 from __future__ import annotations
 
+import math
 from typing import Any, Callable, Mapping, Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from hrexp.data.seg_transforms import round_up
+from hrexp.data.segmentation.transforms import round_up
 from hrexp.metrics.segmentation import SegmentationMetrics
-from hrexp.tasks.base import STAGES, Task
+from hrexp.reports.drawing import overlay_mask
+from hrexp.tasks.base import Task, finite_or_none
 
 
 def _window_starts(length: int, window: int, stride: int) -> list[int]:
@@ -75,10 +78,8 @@ class SegmentationTask(Task):
                     f"{stride} <= size"
                 )
             self.window = (size, stride)
-        self.metrics = nn.ModuleDict({
-            stage: SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index, class_names=self.class_names)
-            for stage in STAGES
-        })
+        self.init_metrics(lambda: SegmentationMetrics(self.num_classes, ignore_index=self.ignore_index,
+                                                      class_names=self.class_names))
 
     # ------------------------------------------------------------------ loss
     def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
@@ -135,3 +136,32 @@ class SegmentationTask(Task):
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         self.metrics[stage].update(preds["labels"], batch["mask"], batch["index"])
+
+    # ------------------------------------------------------------------ reports
+    def per_item_tables(self, stage: str) -> dict[str, list[dict[str, Any]]]:
+        """``per_class``: IoU and Dice of every class, background included (empty cells: undefined)."""
+        stats = {k: v.detach().cpu() for k, v in self.metrics[stage].per_class().items()}
+        rows = []
+        for i, name in enumerate(self.class_names):
+            rows.append({"class": name, **{k: finite_or_none(float(v[i])) for k, v in stats.items()}})
+        return {"per_class": rows}
+
+    def draw_predictions(self, images: Sequence[np.ndarray], batch: Mapping[str, Any],
+                         preds: Mapping[str, Any], scale: int = 1) -> list[tuple[np.ndarray, str]]:
+        """Ground-truth mask (left) and predicted mask (right) over each input, with its pixel accuracy."""
+        labels = preds["labels"].cpu().numpy()
+        masks = batch["mask"].cpu().numpy()
+        image_hw, mask_hw = batch["image_hw"].tolist(), batch["mask_hw"].tolist()
+        out = []
+        for i, image in enumerate(images):
+            (h, w), (mh, mw) = image_hw[i], mask_hw[i]
+            picture, truth, predicted = image[:h, :w], masks[i, :mh, :mw], labels[i, :mh, :mw]
+            scored = truth != self.ignore_index
+            accuracy = float((predicted[scored] == truth[scored]).mean()) if scored.any() else math.nan
+            pair = np.concatenate([
+                overlay_mask(picture, truth, ignore_index=self.ignore_index, scale=scale),
+                overlay_mask(picture, predicted, scale=scale),
+            ], axis=1)
+            out.append((pair, "ground truth | prediction" + ("" if math.isnan(accuracy) else
+                                                           f", pixel accuracy {accuracy:.3f}")))
+        return out

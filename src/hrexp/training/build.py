@@ -46,18 +46,24 @@ def check_input_size(image_size: Any, backbone: Any, model_name: str, option: st
 
 
 def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
-    """Backbone + task (head fitted to the backbone's features and the data's landmark count) + optimizer."""
+    """Backbone + task (head fitted to the backbone's features and to the data) + optimizer.
+
+    Raises:
+        ConfigError: The datamodule's input size does not fit the backbone, the task cannot be built
+            for this data and model (the message names the task, data, model and head options), or
+            the param-group options are invalid.
+    """
     backbone = instantiate(cfg.model)
-    model_name = choices(cfg)["model"]
-    for key in ("image_size", "crop_size"):  # keypoint inputs / segmentation training crops
-        if cfg.data.get(key) is not None:
-            check_input_size(cfg.data[key], backbone, model_name, option=f"data.{key}")
+    picked = choices(cfg)
+    check_input_size(datamodule.input_size, backbone, picked["model"], option=datamodule.input_size_option)
     try:
         task = instantiate(cfg.task, feature_info=backbone.feature_info, dataset_meta=datamodule.dataset_meta)
     except InstantiationException as err:
-        # Hydra wraps the head's own message (which names the head and the features); surface it.
+        # Hydra wraps the task's (or head's) own message, which names the problem; surface it.
         cause = err.__cause__ if err.__cause__ is not None else err
-        raise ConfigError(f"model={model_name} head={choices(cfg)['head']}: {cause}") from err
+        raise ConfigError(
+            f"task={picked['task']} data={picked['data']} model={picked['model']} head={picked['head']}: {cause}"
+        ) from err
     scheduler = instantiate(cfg.scheduler) if cfg.get("scheduler") else None
     try:
         # Configs stored by runs before param groups existed have none: the defaults apply.
@@ -70,7 +76,8 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         optimizer=instantiate(cfg.optimizer),
         scheduler=scheduler,
         param_groups=param_groups,
-        run_config={**OmegaConf.to_container(cfg, resolve=True), "choices": choices(cfg)},
+        run_config={**OmegaConf.to_container(cfg, resolve=True), "choices": picked},
+        dataset_meta=datamodule.dataset_meta,
     )
 
 

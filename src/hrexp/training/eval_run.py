@@ -1,11 +1,15 @@
-"""``evaluate(cfg)``: the body of ``eval.py``. Scores a checkpoint on a split of its data, or of new data."""
+"""``evaluate(cfg)``: the body of ``eval.py``. Scores a checkpoint on a split of its data, or of new data.
+
+Works for every task: the model and task come from the checkpoint's stored config, the metrics and
+the per-item tables (``per_landmark.csv``, ``per_class.csv``, ...) from the task's own hooks.
+"""
 
 from __future__ import annotations
 
 import csv
 import logging
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping, Sequence
 
 import rich
 import torch
@@ -13,8 +17,9 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from omegaconf import DictConfig, OmegaConf
 
+from hrexp.run_record import write_json
 from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
-from hrexp.training.run_record import write_json
+from hrexp.training.checkpoint_config import upgrade_targets
 from hrexp.training.train_run import seed_run
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import runtime_choices
@@ -34,8 +39,11 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
-    """The training run's config, with this command's ``data`` when one was given."""
-    run_cfg = OmegaConf.create(ckpt["hrexp"]["config"])
+    """The training run's config, with this command's ``data`` when one was given.
+
+    Class paths of checkpoints written by earlier hrexp versions are mapped to today's.
+    """
+    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
     if "pretrained" in run_cfg.model:
         # The checkpoint holds the trained weights: the initial ones need not (and may no longer) exist.
         run_cfg.model.pretrained = False
@@ -46,8 +54,54 @@ def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
     return run_cfg
 
 
+def _describe_meta(meta: Mapping[str, Any]) -> str:
+    """The counts of a dataset_meta (``num_keypoints=40``, ``num_classes=2``): what a head's size follows."""
+    counts = [f"{k}={v}" for k, v in meta.items() if k.startswith("num_") and isinstance(v, int)]
+    return ", ".join(counts) or "no counts recorded"
+
+
+def weight_mismatch(ckpt_state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a checkpoint's weights and a model's (shapes, missing, unexpected)."""
+    lines = []
+    for key in ckpt_state.keys() & model_state.keys():
+        a, b = tuple(ckpt_state[key].shape), tuple(model_state[key].shape)
+        if a != b:
+            lines.append(f"{key}: checkpoint {list(a)}, model {list(b)}")
+    missing = sorted(model_state.keys() - ckpt_state.keys())
+    unexpected = sorted(ckpt_state.keys() - model_state.keys())
+    if missing:
+        lines.append(f"{len(missing)} weights not in the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        lines.append(f"{len(unexpected)} checkpoint weights not in the model (e.g. {unexpected[0]})")
+    return sorted(lines)
+
+
+def load_weights(module: torch.nn.Module, ckpt: dict[str, Any], run_cfg: DictConfig, ckpt_path: str,
+                 dataset_meta: Mapping[str, Any]) -> None:
+    """Load the checkpoint's weights strictly; a mismatch says what the checkpoint was trained for.
+
+    Raises:
+        ConfigError: The weights do not fit the model built for this data (e.g. 40 landmarks in the
+            checkpoint, 68 in the data; 2 classes against 3), naming both and the first mismatches.
+    """
+    state = ckpt["state_dict"]
+    problems = weight_mismatch(state, module.state_dict())
+    if not problems:
+        module.load_state_dict(state, strict=True)
+        return
+    stored = ckpt["hrexp"]["config"].get("choices", {})
+    trained_on = ckpt["hrexp"].get("dataset_meta")
+    trained = f" ({_describe_meta(trained_on)})" if trained_on else ""
+    raise ConfigError(
+        f"ckpt_path={ckpt_path}: its weights do not fit the model built for this data. The checkpoint is "
+        f"model={stored.get('model')} task={stored.get('task')} trained on data={stored.get('data')}{trained}; "
+        f"the data now is data={run_cfg.choices.data} ({_describe_meta(dataset_meta)}). Differences: "
+        + "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
+    )
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path``; write ``per_landmark.csv`` and ``summary.json`` to the run folder."""
+    """Evaluate ``cfg.ckpt_path``; write the task's tables and ``summary.json`` to the run folder."""
     out_dir = Path(cfg.paths.output_dir)
     print_and_save_config(cfg, out_dir)
     seed_run(cfg.get("seed"))
@@ -58,32 +112,20 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     datamodule = build_datamodule(run_cfg.data)
     module = build_module(run_cfg, datamodule)
-    try:
-        module.load_state_dict(ckpt["state_dict"], strict=True)
-    except RuntimeError as err:
-        raise ConfigError(
-            f"ckpt_path={cfg.ckpt_path}: its weights do not fit the model built for this data "
-            f"(trained with {run_cfg.choices.model} on {ckpt['hrexp']['config']['choices']['data']}, "
-            f"landmarks now: {module.task.num_keypoints}): {err}"
-        ) from err
+    load_weights(module, ckpt, run_cfg, str(cfg.ckpt_path), datamodule.dataset_meta)
 
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False, callbacks=[RichProgressBar()])
-    split = cfg.split
-    if split == "test":
-        loader = datamodule.test_dataloader()
-        split = getattr(datamodule, "test_split_name", "test")
-    else:
-        loader = datamodule.val_dataloader()
+    split = datamodule.test_split_name if cfg.split == "test" else "val"
+    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     # Which weights the checkpoint's state_dict holds (EMA-trained runs store the average there).
     weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
     rich.print(f"[bold]Evaluating checkpoint[/bold] {cfg.ckpt_path} ({weights['kind']} weights) on the {split} split")
     results = trainer.test(module, dataloaders=loader, verbose=True)
-    metrics = {k.replace("test/", f"{split}/"): float(v) for k, v in (results[0] if results else {}).items()}
+    metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
 
-    per_landmark = getattr(module, "test_per_landmark", {})
-    names = list(getattr(module.task, "keypoint_names", []))
-    if per_landmark and names:
-        write_per_landmark_csv(out_dir / "per_landmark.csv", names, per_landmark)
+    tables = {}
+    for name, rows in module.eval_tables.items():
+        tables[name] = str(write_table_csv(out_dir / f"{name}.csv", rows))
     summary = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "split": split,
@@ -92,22 +134,28 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "global_step": ckpt.get("global_step"),
         "weights": weights,
         "metrics": metrics,
+        "metric_modes": {name: mode for name in metrics
+                         if (mode := module.task.metric_mode(name.replace(f"{split}/", "test/", 1))) is not None},
+        "tables": tables,
     }
     write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def write_per_landmark_csv(path: Path, names: list[str], per_landmark: dict[str, torch.Tensor]) -> Path:
-    """One row per landmark, one column per per-landmark quantity (e.g. ``mre``, ``mre_mm``)."""
-    columns = list(per_landmark)
+def write_table_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
+    """One CSV row per item; the columns of the first row in order; None and NaN as empty cells."""
+    columns = list(rows[0]) if rows else []
     with open(path, "w", newline="") as fh:
         writer = csv.writer(fh)
-        writer.writerow(["landmark", *columns])
-        for i, name in enumerate(names):
-            writer.writerow([name, *(_cell(per_landmark[c][i]) for c in columns)])
+        writer.writerow(columns)
+        for row in rows:
+            writer.writerow([_cell(row.get(c)) for c in columns])
     return path
 
 
-def _cell(value: torch.Tensor) -> str:
-    v = float(value)
-    return "" if v != v else f"{v:.6g}"
+def _cell(value: Any) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, float):
+        return "" if value != value else f"{value:.6g}"
+    return str(value)

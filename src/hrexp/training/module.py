@@ -16,7 +16,6 @@ from torchmetrics import MeanMetric
 
 from hrexp.data.loaders import eval_loader
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
-from hrexp.callbacks.freeze_backbone import BackboneFreeze
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +38,8 @@ class HRExpModule(pl.LightningModule):
             alone rebuilds its model (``eval.py``).
         param_groups: how parameters are grouped for the optimizer (backbone/head lr, no decay on
             norms and biases); ``None`` for the defaults.
+        dataset_meta: what the data told the task (keypoint names, classes), stored in every
+            checkpoint so that eval can say what a checkpoint was trained for.
     """
 
     def __init__(
@@ -49,6 +50,7 @@ class HRExpModule(pl.LightningModule):
         scheduler: Callable[..., Any] | None = None,
         run_config: Mapping[str, Any] | None = None,
         param_groups: ParamGroupRules | None = None,
+        dataset_meta: Mapping[str, Any] | None = None,
     ):
         super().__init__()
         self.backbone = backbone
@@ -57,17 +59,32 @@ class HRExpModule(pl.LightningModule):
         self.scheduler_factory = scheduler
         self.run_config = dict(run_config or {})
         self.param_group_rules = param_groups or ParamGroupRules()
+        self.dataset_meta = dict(dataset_meta or {})
         self.losses = nn.ModuleDict({stage: MeanMetric() for stage in ("val", "test")})
-        # Set by hrexp.callbacks.freeze_backbone.BackboneFreeze during a head-only phase.
+        # Set by a callback (callbacks.freeze_backbone) during a head-only phase.
         self.backbone_frozen = False
+        # Callbacks delay the lr of one part's param groups through add_schedule_gate.
+        self.schedule_gates: dict[str, tuple[str, Callable[[int], Mapping[str, int]]]] = {}
         # One row per optimizer group, filled by configure_optimizers (for the run record).
         self.param_group_summary: list[dict[str, Any]] = []
+        # The task's per-item tables of the last test epoch (per_landmark, per_class), for eval.py.
+        self.eval_tables: dict[str, list[dict[str, Any]]] = {}
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # A frozen backbone builds no autograd graph: no gradient reaches it and no backward runs through it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
             features = self.backbone(images)
         return self.task(features)
+
+    def add_schedule_gate(self, name: str, part: str, gate: Callable[[int], Mapping[str, int]]) -> None:
+        """Delay the lr of the param groups of one ``part`` (``backbone`` or ``head``).
+
+        A callback calls this from its ``setup`` hook, which Lightning runs before
+        ``configure_optimizers``; ``gate(steps_per_epoch)`` returns ``{"start_step", "ramp_steps"}``
+        for those groups (see :func:`hrexp.training.schedules.delayed`). ``name`` makes a repeated
+        call (a second fit) replace, not add.
+        """
+        self.schedule_gates[name] = (part, gate)
 
     def set_backbone_frozen(self, frozen: bool) -> None:
         """Freeze (eval mode: fixed BatchNorm statistics; no gradients) or release the backbone.
@@ -130,9 +147,8 @@ class HRExpModule(pl.LightningModule):
         self._eval_step("test", batch)
 
     def on_test_epoch_end(self) -> None:
-        # Per-landmark errors are read (by eval.py) before the metrics reset.
-        self.test_per_landmark = {k: v.detach().cpu() for k, v in self.task.per_landmark_errors("test").items()} \
-            if hasattr(self.task, "per_landmark_errors") else {}
+        # The task's per-item tables (eval.py writes them) are read before the metrics reset.
+        self.eval_tables = self.task.per_item_tables("test")
         self._eval_epoch_end("test")
 
     # --- optimisation ------------------------------------------------------------------------
@@ -145,12 +161,11 @@ class HRExpModule(pl.LightningModule):
         total = int(self.trainer.estimated_stepping_batches)
         epochs = max(1, int(self.trainer.max_epochs or 1))
         per_epoch = max(1, total // epochs)
-        # A backbone frozen for the first epochs gets lr 0 until its phase starts.
-        freeze = next((cb for cb in self.trainer.callbacks if isinstance(cb, BackboneFreeze)), None)
-        if freeze is not None:
+        # A part frozen for the first epochs (callbacks.freeze_backbone) gets lr 0 until its phase starts.
+        for part, gate in self.schedule_gates.values():
             for group in optimizer.param_groups:
-                if group.get("part") == "backbone":
-                    group.update(freeze.schedule_gate(per_epoch))
+                if group.get("part") == part:
+                    group.update(gate(per_epoch))
         scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
@@ -171,5 +186,5 @@ class HRExpModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Callbacks write first (the EMA callback records that state_dict holds averaged weights).
         info = checkpoint.setdefault("hrexp", {})
-        info.update(config=self.run_config, format=1)
+        info.update(config=self.run_config, dataset_meta=self.dataset_meta, format=2)
         info.setdefault("weights", {"kind": "raw"})

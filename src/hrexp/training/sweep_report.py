@@ -2,9 +2,9 @@
 
 :class:`SweepReport` is a Hydra callback (``hydra.callbacks`` in ``conf/hydra/default.yaml``). At the
 end of a multirun, with any launcher or sweeper, it reads each job's ``results.json`` from the sweep
-folder, prints which jobs finished and which failed (and why), writes ``sweep_status.json``, and
-writes the comparison report (``comparison.md``/``.csv``/``.png``, see :mod:`hrexp.compare`) into the
-sweep folder, so a sweep ends in a table nobody types by hand.
+folder (:func:`hrexp.reports.runs.load_run`), prints which jobs finished and which failed (and why),
+writes ``sweep_status.json``, and writes the comparison report (``comparison.md``/``.csv``/``.png``,
+see :mod:`hrexp.compare`) into the sweep folder, so a sweep ends in a table nobody types by hand.
 """
 
 from __future__ import annotations
@@ -18,8 +18,9 @@ from hydra.experimental.callback import Callback
 from omegaconf import DictConfig
 from rich.table import Table
 
-from hrexp.reports.comparison import Run, distinguishing_overrides, load_run, write_report
-from hrexp.training.run_record import write_json
+from hrexp.reports.comparison import write_report
+from hrexp.reports.runs import Run, distinguishing_overrides, load_run
+from hrexp.run_record import write_json
 
 log = logging.getLogger(__name__)
 
@@ -31,8 +32,9 @@ def sweep_jobs(sweep_dir: Path) -> list[Run]:
 
 
 def job_status(run: Run) -> str:
-    """``finished``, ``failed``, or ``no record`` (the job died before writing a readable one, e.g. killed)."""
-    return run.status if run.record else "no record"
+    """The record's status (``finished``, ``failed``, ``running``), or ``no record`` when the job has
+    none or an unreadable one (it died before writing it, e.g. killed, or mid-write)."""
+    return run.record.status if run.record is not None else "no record"
 
 
 class SweepReport(Callback):

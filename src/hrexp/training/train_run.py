@@ -17,10 +17,9 @@ from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
-from hrexp.data.records import LandmarkSet
-from hrexp.metrics.mean_shape import mean_shape_baseline
-from hrexp.models.complexity import count_macs, count_parameters
 from hrexp.callbacks.best_metrics import BestMetrics
+from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
+from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
 from hrexp.training.build import (
     Callbacks,
     ConfigError,
@@ -31,7 +30,6 @@ from hrexp.training.build import (
     choices,
 )
 from hrexp.training.module import HRExpModule
-from hrexp.training.run_record import parameter_counts, write_json
 from hrexp.utils.hydra_runtime import in_multirun
 from hrexp.utils.config_tree import print_and_save_config
 
@@ -51,15 +49,18 @@ def _output_dir(cfg: DictConfig) -> Path:
     return Path(cfg.paths.output_dir)
 
 
-def _record_header(cfg: DictConfig, status: str) -> dict[str, Any]:
-    """The fields that open every run record, finished or failed: what ran and where."""
-    return {
-        "status": status,
-        "choices": choices(cfg),
-        "seed": cfg.get("seed"),
-        "tags": list(cfg.get("tags") or []),
-        "output_dir": str(_output_dir(cfg)),
-    }
+def _record_header(cfg: DictConfig, status: str) -> RunRecord:
+    """The fields that open every run record, finished or failed: what ran, where, and what it follows."""
+    monitor = (cfg.get("task") or {}).get("monitor") or {}
+    return RunRecord(
+        status=status,
+        choices=choices(cfg),
+        seed=cfg.get("seed"),
+        tags=list(cfg.get("tags") or []),
+        output_dir=str(_output_dir(cfg)),
+        # A failing config may hold a bad mode: the record then says nothing rather than fail too.
+        monitor=Monitor(str(monitor["metric"]), str(monitor["mode"])) if monitor.get("mode") in ("min", "max") else None,
+    )
 
 
 def finish_wandb(exit_code: int) -> None:
@@ -82,18 +83,16 @@ def run_job(cfg: DictConfig) -> float | None:
     except Exception as err:
         log.error("run failed: %s", err, exc_info=True)
         if rank_zero_only.rank == 0:
-            write_json(_output_dir(cfg) / "results.json", {
-                **_record_header(cfg, "failed"),
-                "error": f"{type(err).__name__}: {err}",
-                "traceback": traceback.format_exc(),
-            })
+            record = _record_header(cfg, "failed")
+            record.error, record.traceback = f"{type(err).__name__}: {err}", traceback.format_exc()
+            write_record(_output_dir(cfg), record)
         finish_wandb(exit_code=1)
         if in_multirun():
             return math.nan
         raise
     finish_wandb(exit_code=0)
-    best = record.get("best", {}).get(cfg.task.monitor.metric)
-    return None if best is None else best["value"]
+    best = record.best.get(record.headline or "")
+    return None if best is None else best.value
 
 
 class RunParts(NamedTuple):
@@ -125,46 +124,50 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> R
     return RunParts(datamodule, module, callbacks, loggers, trainer)
 
 
-def train(cfg: DictConfig) -> dict[str, Any]:
+def _metric_modes(task: Any, names: Sequence[str]) -> dict[str, str]:
+    """The direction of each logged validation/test value, as its metric declares it."""
+    modes = {}
+    for name in sorted(names):
+        mode = task.metric_mode(name) if name.startswith(("val/", "test/")) else None
+        if mode is not None:
+            modes[name] = mode
+    return modes
+
+
+def train(cfg: DictConfig) -> RunRecord:
     """Validate, build, train, test and record one run. Returns the run record."""
     out_dir = _output_dir(cfg)
     if rank_zero_only.rank == 0:
         print_and_save_config(cfg, out_dir)
     datamodule, module, callbacks, loggers, trainer = build_run(cfg)
 
-    params = parameter_counts(module)
-    size = cfg.data.get("image_size") or cfg.data.get("crop_size")  # keypoint inputs / segmentation crops
-    input_size = [int(v) for v in size] if size is not None else None
-    record: dict[str, Any] = {
-        **_record_header(cfg, "running"),
-        "params": params,
-        "params_backbone": count_parameters(module.backbone),
-        # For comparison tables: the input the model sees and its cost there.
-        "input_size": input_size,
-        "macs_g": count_macs(module, (1, 3, *input_size)) / 1e9 if input_size else None,
-        "pretrained": cfg.model.get("pretrained", False),
-        "dataset_meta": dict(getattr(datamodule, "dataset_meta", {}) or {}),
-    }
+    record = _record_header(cfg, "running")
+    record.monitor = Monitor(**module.task.monitor)
+    record.params = parameter_counts(module)
+    record.params_backbone = count_parameters(module.backbone)
+    # For comparison tables: the input the model sees and its cost there.
+    record.input_size = [int(v) for v in datamodule.input_size]
+    record.macs_g = count_macs(module, (1, 3, *record.input_size)) / 1e9
+    record.pretrained = cfg.model.get("pretrained", False)
+    record.dataset_meta = dict(datamodule.dataset_meta)
     for lg in loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": params})
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": record.params})
 
     t0 = time.time()
     if cfg.get("train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
-    record["train_time_s"] = time.time() - t0
-    record["param_groups"] = module.param_group_summary
+    record.train_time_s = time.time() - t0
+    record.param_groups = module.param_group_summary
+    logged = set(trainer.callback_metrics)
 
     best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)
-    record["best"] = best.best if best else {}
-    record["checkpoints"] = {
-        name: {"path": cb.best_model_path or None, "monitor": cb.monitor, "score": cb.best_model_score}
+    record.best = {metric: Best(**rec) for metric, rec in (best.best if best else {}).items()}
+    record.checkpoints = {
+        name: CheckpointInfo(path=cb.best_model_path or None, monitor=cb.monitor,
+                             score=None if cb.best_model_score is None else float(cb.best_model_score))
         for name, cb in callbacks.checkpoints().items()
     }
-
-    if isinstance(getattr(datamodule, "val_set", None), LandmarkSet):
-        record["baseline_mean_shape_val"] = mean_shape_baseline(
-            datamodule.train_set, datamodule.val_set, radii=list(module.task.sdr_radii)
-        )
+    record.baselines = module.task.baselines(datamodule)
 
     if cfg.get("test"):
         ckpt = None
@@ -177,13 +180,15 @@ def train(cfg: DictConfig) -> dict[str, Any]:
         else:
             log.warning("No checkpoint to test (test_ckpt=%s); testing the current weights", cfg.get("test_ckpt"))
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
-        record["test"] = {"checkpoint": ckpt, "split": getattr(datamodule, "test_split_name", "test"),
-                          "metrics": results[0] if results else {}}
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        record.test = TestResult(checkpoint=ckpt, split=datamodule.test_split_name, metrics=metrics)
+        logged |= set(metrics)
 
-    record["status"] = "finished"
+    record.metric_modes = _metric_modes(module.task, [*logged, *record.best])
+    record.status = "finished"
     if trainer.is_global_zero:
-        write_json(out_dir / "results.json", record)
-        _print_summary(record)
+        write_record(out_dir, record)
+        _print_summary(record, module.task.summary_rows(record))
     return record
 
 
@@ -191,23 +196,18 @@ def _fmt(value: Any) -> str:
     return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
 
 
-def _print_summary(record: dict[str, Any]) -> None:
-    table = Table(title=f"Run summary: {record['choices'].get('model')} / {record['choices'].get('task')}")
+def _print_summary(record: RunRecord, task_rows: Sequence[tuple[str, str]]) -> None:
+    """The run's best values, the task's own lines (baselines), the test metrics, time and size."""
+    table = Table(title=f"Run summary: {record.choices.get('model')} / {record.choices.get('task')}")
     table.add_column("quantity")
     table.add_column("value", justify="right")
-    best = record.get("best", {})
-    for name, rec in best.items():
-        table.add_row(f"best {name} (epoch {rec['epoch']})", _fmt(rec["value"]))
-    baseline = record.get("baseline_mean_shape_val")
-    if baseline is not None and "mre" in baseline:
-        table.add_row("mean-shape baseline val/mre", _fmt(baseline["mre"]))
-        if "val/mre" in best:
-            ratio = best["val/mre"]["value"] / baseline["mre"]
-            table.add_row("best val/mre / baseline", _fmt(ratio))
-            log.info("best val/mre %.4f px vs mean-shape baseline %.4f px (ratio %.3f)",
-                     best["val/mre"]["value"], baseline["mre"], ratio)
-    for key, value in (record.get("test", {}).get("metrics") or {}).items():
+    for name, best in record.best.items():
+        table.add_row(f"best {name} (epoch {best.epoch})", _fmt(best.value))
+    for quantity, value in task_rows:
+        table.add_row(quantity, value)
+        log.info("%s: %s", quantity, value)
+    for key, value in (record.test.metrics if record.test else {}).items():
         table.add_row(key, _fmt(float(value)))
-    table.add_row("train time [s]", _fmt(record.get("train_time_s")))
-    table.add_row("parameters", f"{record['params']['total']:,}")
+    table.add_row("train time [s]", _fmt(record.train_time_s))
+    table.add_row("parameters", f"{record.params['total']:,}" if record.params else "-")
     rich.print(table)

@@ -1,0 +1,1 @@
+"""Lightning callbacks: best-metric tracking, EMA weights, backbone freeze phases, W&B image panels."""

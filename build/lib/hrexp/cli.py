@@ -1,0 +1,76 @@
+"""The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-compare``, and ``hrexp <command>``.
+
+They work from any folder: the configs ship inside the package (``hrexp/conf``), runs are written
+under the current folder (``logs/``), and a user's own config folder joins the search path with
+Hydra's ``--config-dir <folder>`` (or ``hydra.searchpath=[file://<folder>]``)::
+
+    hrexp-train model=hrnet_w32 task=landmarks data=landmarks_csv data.csv=/data/spines/train.csv
+    hrexp-train --config-dir my_configs experiment=my_experiment
+    hrexp-eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    hrexp-compare logs/train/multiruns/<sweep>
+    hrexp train model=unet          # the same, as one command with sub-commands (litpose / sleap-nn style)
+
+``python train.py`` / ``python eval.py`` in the repository call the same functions with the
+repository as the project root.
+"""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import Sequence
+
+import hydra
+from omegaconf import DictConfig
+
+from hrexp.startup import CONFIG_PACKAGE, startup
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
+def _train_app(cfg: DictConfig) -> float | None:
+    from hrexp.training.train_run import run_job
+
+    # Sweepers optimise the value returned here: the best value of the task's monitored metric
+    # (NaN for a job of a sweep that failed; its results.json says why).
+    return run_job(cfg)
+
+
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
+def _eval_app(cfg: DictConfig) -> None:
+    from hrexp.training.eval_run import evaluate
+
+    evaluate(cfg)
+
+
+def train(project_root: str | Path | None = None) -> None:
+    """``hrexp-train [group=option ...] [key=value ...]``: compose ``train.yaml`` and train (see the README)."""
+    startup(project_root)
+    _train_app()
+
+
+def evaluate(project_root: str | Path | None = None) -> None:
+    """``hrexp-eval ckpt_path=<file.ckpt> [split=test|val] [data=...]``: score a checkpoint."""
+    startup(project_root)
+    _eval_app()
+
+
+def compare(argv: Sequence[str] | None = None) -> int:
+    """``hrexp-compare <run or sweep folders> [--out ...]``: the comparison report of finished runs."""
+    startup()
+    from hrexp.compare import main
+
+    return main(None if argv is None else list(argv))
+
+
+COMMANDS = {"train": train, "eval": evaluate, "compare": compare}
+
+
+def main() -> int:
+    """``hrexp <train|eval|compare> [arguments]``: the commands above under one name."""
+    if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
+        print(f"usage: hrexp {{{','.join(COMMANDS)}}} [arguments]\n\n{__doc__}", file=sys.stderr)
+        return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2
+    command = sys.argv.pop(1)
+    sys.argv[0] = f"hrexp {command}"  # Hydra and argparse show it in their usage lines
+    result = COMMANDS[command]()
+    return result if isinstance(result, int) else 0

@@ -1,0 +1,221 @@
+"""The datamodule base: what every datamodule shares, the hooks a family fills in, the one a format fills in.
+
+Three levels, one class each:
+
+- :class:`HRExpDataModule` (here): ``setup()`` (idempotent), the test-split fallback, ``splits``,
+  ``test_split_name``, the loaders and their batch sizes, the collate hook, the seeded split
+  helpers, ``resolve_path`` and ``load_image``;
+- a family base (``landmarks/``, ``pose/``, ``segmentation/`` ``datamodule.py``): checks the splits
+  and splits off what the format did not give (:meth:`~HRExpDataModule.complete_splits`), builds the
+  datasets with the family's transforms (:meth:`~HRExpDataModule.build_datasets`), and says what a
+  task needs (:attr:`~HRExpDataModule.dataset_meta`) and what the network sees
+  (:attr:`~HRExpDataModule.input_size`, :attr:`~HRExpDataModule.input_size_option`);
+- a format (a subclass of a family base, one per annotation format): reads the files into the
+  family's split records (:meth:`~HRExpDataModule.read_splits`). A new format is a subclass that
+  implements ``read_splits()`` only.
+
+``setup()`` runs ``read_splits() -> complete_splits() -> test fallback -> build_datasets()`` once:
+every split is read and checked before training, so bad data fails in seconds. Call
+``prepare_data()`` then ``setup()`` before asking for ``dataset_meta`` (the task's head needs it);
+Lightning's own later ``setup`` calls are then no-ops.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+from lightning import LightningDataModule
+from torch.utils.data import DataLoader, Dataset
+
+from hrexp.data import images, paths
+from hrexp.data.errors import DataError
+from hrexp.data.loaders import make_loader
+from hrexp.data.splits import split_indices, split_three
+
+log = logging.getLogger(__name__)
+
+SPLITS = ("train", "val", "test")
+
+
+class HRExpDataModule(LightningDataModule):
+    """Base of every hrexp datamodule (see the module docstring for the hooks).
+
+    Args:
+        batch_size: Training batch size.
+        eval_batch_size: Validation / test batch size (None: ``batch_size``).
+        num_workers: DataLoader workers.
+        pin_memory: DataLoader ``pin_memory``.
+        val_fraction: Validation share split off the training split when the format gives no
+            validation split.
+        split_seed: Seed of the split helpers (their own generator, independent of the global seed).
+        root: Folder that :meth:`resolve_path` resolves relative paths against (None: the working
+            directory).
+    """
+
+    #: The config option of :attr:`input_size`, for error messages (``"data.image_size"``).
+    input_size_option: str = "data.image_size"
+
+    def __init__(
+        self,
+        *,
+        batch_size: int,
+        eval_batch_size: int | None = None,
+        num_workers: int = 0,
+        pin_memory: bool = False,
+        val_fraction: float = 0.1,
+        split_seed: int = 0,
+        root: str | Path | None = None,
+    ):
+        super().__init__()
+        self.batch_size = int(batch_size)
+        self._eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
+        self.num_workers = int(num_workers)
+        self.pin_memory = bool(pin_memory)
+        self.val_fraction = float(val_fraction)
+        self.split_seed = int(split_seed)
+        self.root = None if root in (None, "") else Path(root)
+        self.test_split_name = "test"
+        self.datasets: dict[str, Dataset] = {}
+        self._splits: dict[str, Any] | None = None
+
+    # ------------------------------------------------------------------ the format's hook
+    def read_splits(self) -> dict[str, Any]:
+        """Reads the annotation files: ``{"train": records, "val": records or None, "test": records or None}``.
+
+        The records are the family's type (``LandmarkSet``, ``PoseSplit``, ``SegSet``); None means the
+        format has no file for that split (the family splits validation, and for segmentation test,
+        off the training split; no test split at all tests on the validation split).
+        """
+        raise NotImplementedError(f"{type(self).__name__}: a data format implements read_splits()")
+
+    # ------------------------------------------------------------------ the family's hooks
+    def complete_splits(self, splits: dict[str, Any]) -> dict[str, Any]:
+        """Checks every split read and splits off the missing ones; returns ``train`` and ``val`` (and
+        ``test`` when there is one: None makes the validation split the test split)."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements complete_splits()")
+
+    def build_datasets(self, splits: dict[str, Any]) -> dict[str, Dataset]:
+        """One dataset per split (``train``, ``val``, ``test``) with the family's transforms.
+
+        ``splits`` is the dict kept as :attr:`splits`; a family may replace a split's records in it
+        by the ones its dataset serves (pose: the test split's detection boxes).
+        """
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements build_datasets()")
+
+    @property
+    def dataset_meta(self) -> dict[str, Any]:
+        """What a task needs to know about the data (keypoint names, classes, ...); after ``setup()``."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements dataset_meta")
+
+    @property
+    def input_size(self) -> tuple[int, int]:
+        """The network input ``(height, width)`` during training (see :attr:`input_size_option`)."""
+        raise NotImplementedError(f"{type(self).__name__}: a datamodule family implements input_size")
+
+    def collate_fn(self, split: str) -> Callable | None:
+        """The loader's collate function for ``split``; None: torch's default collate."""
+        return None
+
+    # ------------------------------------------------------------------ Lightning hooks
+    def setup(self, stage: str | None = None) -> None:
+        """Reads, checks and splits the data once (later calls are no-ops), then builds the datasets.
+
+        Raises:
+            DataError: Bad data, named by file and row (raised by the format's reader or the family's
+                checks).
+        """
+        if self._splits is not None:
+            return
+        name = type(self).__name__
+        splits = dict(self.read_splits())
+        unknown = sorted(set(splits) - set(SPLITS))
+        if unknown:
+            raise ValueError(f"{name}.read_splits() returned splits {unknown}; expected only {list(SPLITS)}")
+        if splits.get("train") is None:
+            raise DataError(f"{name}: no training data (read_splits() gave no 'train' split)")
+        splits = dict(self.complete_splits({split: splits.get(split) for split in SPLITS}))
+        if splits.get("val") is None:
+            raise RuntimeError(f"{name}.complete_splits() returned no 'val' split")
+        if splits.get("test") is None:
+            log.warning("%s: no test split: the test split is the validation split (%d samples)", name,
+                        len(splits["val"]))
+            splits["test"], self.test_split_name = splits["val"], "val"
+        else:
+            self.test_split_name = "test"
+        self.datasets = self.build_datasets(splits)
+        self._splits = splits
+
+    # ------------------------------------------------------------------ what the rest of hrexp reads
+    @property
+    def splits(self) -> dict[str, Any]:
+        """The records of ``train``, ``val`` and ``test`` after ``setup()`` (``test`` is ``val`` when
+        :attr:`test_split_name` is ``"val"``).
+
+        Raises:
+            RuntimeError: Before ``setup()``.
+        """
+        if self._splits is None:
+            raise RuntimeError(
+                f"{type(self).__name__}: call setup() (after prepare_data()) before using the data (splits, "
+                f"datasets, loaders, dataset_meta)"
+            )
+        return self._splits
+
+    @property
+    def eval_batch_size(self) -> int:
+        """Validation / test batch size (``batch_size`` unless set)."""
+        return self.batch_size if self._eval_batch_size is None else self._eval_batch_size
+
+    @eval_batch_size.setter
+    def eval_batch_size(self, value: int | None) -> None:
+        self._eval_batch_size = None if value is None else int(value)
+
+    def dataloader(self, split: str) -> DataLoader:
+        """The loader of ``split``: shuffled training batches, or evaluation batches in split order
+        (the last partial batch is kept)."""
+        if split not in SPLITS:
+            raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
+        self.splits  # noqa: B018 (raises before setup)
+        train = split == "train"
+        return make_loader(
+            self.datasets[split],
+            batch_size=self.batch_size if train else self.eval_batch_size,
+            shuffle=train,
+            num_workers=self.num_workers,
+            pin_memory=self.pin_memory,
+            collate_fn=self.collate_fn(split),
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        return self.dataloader("train")
+
+    def val_dataloader(self) -> DataLoader:
+        return self.dataloader("val")
+
+    def test_dataloader(self) -> DataLoader:
+        return self.dataloader("test")
+
+    # ------------------------------------------------------------------ helpers for families and formats
+    def split_train_val(self, n: int) -> tuple[list[int], list[int]]:
+        """Seeded ``(train, val)`` indices of ``range(n)`` with ``val_fraction`` and ``split_seed``."""
+        return split_indices(n, self.val_fraction, self.split_seed)
+
+    def split_train_val_test(self, n: int, val_fraction: float, test_fraction: float) -> tuple[list[int], list[int], list[int]]:
+        """Seeded ``(train, val, test)`` indices of ``range(n)`` with ``split_seed`` (a fraction 0: empty part)."""
+        return split_three(n, val_fraction, test_fraction, self.split_seed)
+
+    def split_source(self, source: str, split: str) -> str:
+        """The ``source`` of records split off ``source`` (named in messages): ``"a.csv [val split, seed 0]"``."""
+        return f"{source} [{split} split, seed {self.split_seed}]"
+
+    def resolve_path(self, value: str | Path | None) -> Path | None:
+        """An option's path, relative to ``root`` when one is set (see :func:`hrexp.data.paths.resolve_path`)."""
+        return paths.resolve_path(value, self.root)
+
+    @staticmethod
+    def load_image(path: str | Path) -> np.ndarray:
+        """An image as float32 in [0, 1] (see :func:`hrexp.data.images.load_image`)."""
+        return images.load_image(path)

@@ -1,0 +1,111 @@
+"""Reader for the AASCE 2019 / SpineWeb 16 spine X-ray layout.
+
+Layout under ``root`` (as in ``shared/data/spine_aasce``)::
+
+    data/<split>/<name>.jpg             grayscale JPEG
+    labels/<split>/filenames.csv        one image file name per line, no header
+    labels/<split>/landmarks.csv        one row per image, same order, no header, comma separated:
+                                        136 numbers = x1..x68 then y1..y68, normalised to [0, 1]
+                                        by the image width / height
+    labels/<split>/<name>.jpg.mat       MATLAB file, field p2 = [68, 2] uint16 pixel (x, y)
+
+Facts checked on the shared copy (481 training, 128 test images):
+
+- ``landmarks.csv`` is exactly ``p2 / [width, height]`` rounded to 5 significant digits, so
+  ``x_norm * width`` reproduces ``p2`` within 0.04 px (rounding it gives ``p2`` exactly for every
+  image of both splits); ``p2`` is integer-valued, so the annotations are quantised to whole pixels.
+- Whether ``p2`` counts from 0 or (MATLAB) from 1 is not recorded. We take the values as they are
+  (pixel index = pixel centre, our convention); if they are 1-based, every landmark is off by the
+  same +1 px in x and y, below the annotation noise, and the same for predictions and targets.
+- One training landmark lies outside its image (``sunhl-1th-25-Jul-2016-49 A AP.jpg``, L4
+  bottom-right corner, y = 1.0245 * height): coordinates outside the image are allowed (they become
+  invisible only if they fall outside the network input).
+- No pixel spacing is known, so ``spacing`` is None (mm metrics are NaN).
+
+The reader reads each image's header (PIL, no decoding) because the normalised coordinates need the
+real size; it fills ``record.size`` on the way.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from hrexp.data.errors import DataError, ErrorCollector
+from hrexp.data.images import read_image_size
+from hrexp.data.landmarks.records import LandmarkRecord, LandmarkSet
+from hrexp.data.landmarks.validation import parse_coordinate
+
+VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
+CORNERS = ("tl", "tr", "bl", "br")  # top-left, top-right, bottom-left, bottom-right
+AASCE_LANDMARK_NAMES = [f"{v}_{c}" for v in VERTEBRAE for c in CORNERS]
+
+
+def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
+    """Reads one split of the AASCE layout into a LandmarkSet with 68 landmarks.
+
+    Args:
+        root: The dataset folder (holding ``data/`` and ``labels/``).
+        split: ``"training"`` or ``"test"``.
+
+    Raises:
+        DataError: Missing files, row count mismatch, rows with a wrong number of values or
+            non-numeric values, unreadable images (all row errors reported together).
+    """
+    root = Path(root).absolute()
+    label_dir = root / "labels" / split
+    image_dir = root / "data" / split
+    names_file = label_dir / "filenames.csv"
+    landmarks_file = label_dir / "landmarks.csv"
+    for required in (names_file, landmarks_file):
+        if not required.is_file():
+            raise DataError(f"{required}: AASCE annotation file not found (root={root}, split={split!r})")
+    filenames = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines()]
+    filenames = [f for f in filenames if f]
+    lines = [line for line in landmarks_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(lines) != len(filenames):
+        raise DataError(
+            f"{landmarks_file}: expected one row per image of {names_file.name} ({len(filenames)}), got {len(lines)}"
+        )
+    k = len(AASCE_LANDMARK_NAMES)
+    errors = ErrorCollector(landmarks_file)
+    records: list[LandmarkRecord] = []
+    for row_number, (filename, line) in enumerate(zip(filenames, lines), start=1):
+        where = f"row {row_number} ({filename})"
+        cells = line.split(",")
+        if len(cells) != 2 * k:
+            errors.add(where, f"expected {2 * k} numbers (x1..x{k} then y1..y{k}), got {len(cells)}")
+            continue
+        values = []
+        for n, cell in enumerate(cells):
+            value, problem = parse_coordinate(cell)
+            if problem or value is None:
+                errors.add(where, f"value {n + 1}: {problem or 'empty cell (AASCE has no missing landmarks)'}")
+                break
+            values.append(value)
+        if len(values) != 2 * k:
+            continue
+        image_path = image_dir / filename
+        try:
+            height, width = read_image_size(image_path)
+        except FileNotFoundError:
+            errors.add(where, f"image not found: {image_path}")
+            continue
+        except (OSError, ValueError) as exc:
+            errors.add(where, f"image is not a readable image file: {image_path} ({exc.__class__.__name__})")
+            continue
+        normalised = np.asarray(values, dtype=np.float64)
+        keypoints = np.stack([normalised[:k] * width, normalised[k:] * height], axis=1)
+        records.append(
+            LandmarkRecord(
+                image_path=image_path,
+                keypoints=keypoints,
+                visible=np.ones(k, dtype=bool),
+                spacing=None,
+                source=f"{landmarks_file.relative_to(root)}:{where}",
+                size=(height, width),
+            )
+        )
+    errors.raise_if_any()
+    return LandmarkSet(names=list(AASCE_LANDMARK_NAMES), records=records, flip_pairs=[], source=str(landmarks_file))

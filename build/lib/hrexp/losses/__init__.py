@@ -1,0 +1,1 @@
+"""Loss modules (weighted heatmap MSE, segmentation CE / OHEM / Dice)."""

@@ -1,0 +1,1 @@
+"""torchmetrics ``Metric`` classes: landmark error, COCO keypoint AP, segmentation IoU / Dice."""

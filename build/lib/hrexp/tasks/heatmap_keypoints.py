@@ -1,0 +1,137 @@
+"""What every heatmap keypoint task shares: head, target encoding, loss, decoding and the flip test.
+
+A concrete task (:class:`~hrexp.tasks.landmarks.LandmarkTask`, :class:`~hrexp.tasks.pose.PoseTask`)
+adds its metrics and reports; drawing (ground truth green, prediction red) is shared here.
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Callable, Mapping, Sequence
+
+import numpy as np
+import torch
+from torch import nn
+
+from hrexp.data.transforms import flip_permutation
+from hrexp.geometry import apply_affine, invert_affine
+from hrexp.reports.drawing import draw_keypoints
+from hrexp.tasks.base import Task
+
+
+class HeatmapKeypointTask(Task):
+    """Keypoints by heatmap regression, predictions mapped back to original image pixels.
+
+    Targets are encoded from the batch's keypoints at the head's own output stride; predictions are
+    decoded and mapped through the inverse of each sample's affine matrix.
+
+    Flip test: the module also runs the horizontally flipped image (``flip_test``); its heatmaps are
+    flipped back, their flip pairs swapped, and averaged with the plain ones. The classic HRNet code
+    also shifts the flipped-back maps one heatmap pixel to the right (``flip_shift``); that shift
+    corrects the biased coordinate rule ``u = x / stride`` of that code. hrexp's codec uses the
+    pixel-centre rule ``u = (x + 0.5) / stride - 0.5``, under which a flip maps heatmap column ``u``
+    to ``w - 1 - u`` exactly, so the shift is off by default here (a test shows both facts).
+
+    Args:
+        head: Partial head constructor, called as ``head(feature_info=..., num_outputs=K)``.
+        codec: Target codec (``encode`` / ``decode``).
+        loss: ``loss(pred, target, weights) -> scalar``.
+        feature_info: The backbone's feature description.
+        dataset_meta: ``num_keypoints``, ``keypoint_names``, ``flip_pairs`` (and task-specific keys).
+        flip_test: Average with the flipped image's heatmaps at evaluation.
+        flip_shift: Shift the flipped-back heatmaps one pixel right (the classic, biased convention).
+        num_keypoints: When set, the data must have exactly this many keypoints.
+        monitor: The metric that selects the best checkpoint (``{"metric": ..., "mode": ...}``).
+    """
+
+    task_name = "keypoints"
+
+    def __init__(
+        self,
+        head: Callable[..., nn.Module],
+        codec: Any,
+        loss: nn.Module,
+        feature_info: Sequence[Mapping[str, int]],
+        dataset_meta: Mapping[str, Any],
+        flip_test: bool = False,
+        flip_shift: bool = False,
+        num_keypoints: int | None = None,
+        monitor: Mapping[str, str] | None = None,
+    ):
+        if "num_keypoints" not in dataset_meta or int(dataset_meta["num_keypoints"]) < 1:
+            raise ValueError(f"task={self.task_name} needs dataset_meta.num_keypoints >= 1, got {dict(dataset_meta)}")
+        k = int(dataset_meta["num_keypoints"])
+        if num_keypoints is not None and int(num_keypoints) != k:
+            raise ValueError(
+                f"task.num_keypoints={num_keypoints}: the head would have {num_keypoints} outputs, but the data "
+                f"defines {k} keypoints"
+            )
+        super().__init__(head, feature_info, k, monitor or {"metric": "val/loss", "mode": "min"})
+        self.num_keypoints = k
+        self.keypoint_names = list(dataset_meta.get("keypoint_names") or [f"kp{i}" for i in range(self.num_keypoints)])
+        self.flip_pairs = [(int(a), int(b)) for a, b in (dataset_meta.get("flip_pairs") or [])]
+        if flip_test and not self.flip_pairs:
+            raise ValueError(
+                "task.flip_test=true but the data defines no flip pairs: flipped-back heatmaps would keep left "
+                "keypoints labelled left; define flip pairs in the keypoint metadata or set task.flip_test=false"
+            )
+        self.flip_test = bool(flip_test)
+        self.flip_shift = bool(flip_shift)
+        perm = torch.from_numpy(flip_permutation(self.num_keypoints, self.flip_pairs)).long()
+        self.register_buffer("flip_permutation", perm, persistent=False)
+        self.codec = codec
+        self.loss_fn = loss
+
+    def has_targets(self, batch: Mapping[str, torch.Tensor]) -> bool:
+        """False for a batch without any labelled keypoint (e.g. detection boxes): no loss then."""
+        return bool(batch["visible"].any())
+
+    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """Weighted heatmap MSE against targets encoded from ``batch['keypoints']``."""
+        targets, weights = self.codec.encode(
+            batch["keypoints"], batch["visible"], heatmap_size=tuple(outputs.shape[-2:]), stride=self.stride
+        )
+        return self.loss_fn(outputs, targets.to(outputs.dtype), weights.to(outputs.dtype))
+
+    def flip_back(self, heatmaps: torch.Tensor) -> torch.Tensor:
+        """Heatmaps of a horizontally flipped input, in the frame and keypoint order of the original."""
+        out = heatmaps.flip(-1)[:, self.flip_permutation]
+        if self.flip_shift:
+            out = torch.cat([out[..., :1], out[..., :-1]], dim=-1)
+        return out
+
+    @torch.no_grad()
+    def predict(
+        self,
+        outputs: torch.Tensor,
+        batch: Mapping[str, torch.Tensor],
+        flipped_outputs: torch.Tensor | None = None,
+    ) -> dict[str, torch.Tensor]:
+        """Decode heatmaps (averaged with the flipped-back ones) to input, then original pixels."""
+        heatmaps = outputs.detach().float()
+        if flipped_outputs is not None:
+            heatmaps = 0.5 * (heatmaps + self.flip_back(flipped_outputs.detach().float()))
+        keypoints, scores = self.codec.decode(heatmaps, stride=self.stride)
+        original = apply_affine(keypoints, invert_affine(batch["matrix"].float()))
+        return {"keypoints_input": keypoints, "keypoints": original, "scores": scores}
+
+    def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def draw_predictions(self, images: Sequence[np.ndarray], batch: Mapping[str, Any],
+                         preds: Mapping[str, Any], scale: int = 1) -> list[tuple[np.ndarray, str]]:
+        """Ground truth (green) and prediction (red) in input pixels, joined by a yellow line.
+
+        Each caption gives the sample's mean error in ORIGINAL image pixels (the unit of the metrics).
+        """
+        pred_in = preds["keypoints_input"].float().cpu().numpy()
+        gt_in = batch["keypoints"].float().cpu().numpy()
+        vis_in = batch["visible"].cpu().numpy() > 0
+        dist = (preds["keypoints"].float() - batch["keypoints_orig"].float()).norm(dim=-1).cpu()
+        vis_orig = batch["visible_orig"].cpu() > 0
+        out = []
+        for i, image in enumerate(images):
+            err = float(dist[i][vis_orig[i]].mean()) if bool(vis_orig[i].any()) else math.nan
+            picture = draw_keypoints(image, gt_in[i], pred_in[i], vis_in[i], scale=scale)
+            out.append((picture, "" if math.isnan(err) else f"mean error {err:.2f} px"))
+        return out

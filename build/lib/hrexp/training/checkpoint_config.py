@@ -1,0 +1,39 @@
+"""Run configs stored in checkpoints by earlier hrexp versions, brought to today's class paths.
+
+A checkpoint carries its resolved run config (``checkpoint["hrexp"]["config"]``) so that ``eval.py``
+rebuilds the model and data from it alone. Classes that moved since keep working through this
+table: old ``_target_`` -> new. Add a line whenever a class in a config moves.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+MOVED_TARGETS = {
+    # hrexp.data split into a shared core and one folder per family
+    "hrexp.data.datamodule.LandmarkDataModule": "hrexp.data.landmarks.datamodule.LandmarkDataModule",
+    "hrexp.data.datamodule.CsvLandmarkDataModule": "hrexp.data.landmarks.datamodule.CsvLandmarkDataModule",
+    "hrexp.data.datamodule.CocoLandmarkDataModule": "hrexp.data.landmarks.datamodule.CocoLandmarkDataModule",
+    "hrexp.data.datamodule.AasceDataModule": "hrexp.data.landmarks.datamodule.AasceDataModule",
+    "hrexp.data.datamodule.SyntheticSpineDataModule": "hrexp.data.landmarks.datamodule.SyntheticSpineDataModule",
+    "hrexp.data.pose_datamodule.PoseDataModule": "hrexp.data.pose.datamodule.CocoPoseDataModule",
+    "hrexp.data.seg_datamodule.SegFolderDataModule": "hrexp.data.segmentation.datamodule.SegFolderDataModule",
+    # callbacks in their own folder
+    "hrexp.training.best_metrics.BestMetrics": "hrexp.callbacks.best_metrics.BestMetrics",
+    "hrexp.training.ema.EMA": "hrexp.callbacks.ema.EMA",
+    "hrexp.training.phases.BackboneFreeze": "hrexp.callbacks.freeze_backbone.BackboneFreeze",
+    "hrexp.training.wandb_images.WandbValImages": "hrexp.callbacks.wandb_images.WandbValImages",
+}
+
+
+def upgrade_targets(config: Any) -> Any:
+    """A copy of ``config`` (plain dicts and lists) with every moved ``_target_`` replaced."""
+    if isinstance(config, dict):
+        out = {k: upgrade_targets(v) for k, v in config.items()}
+        target = out.get("_target_")
+        if isinstance(target, str) and target in MOVED_TARGETS:
+            out["_target_"] = MOVED_TARGETS[target]
+        return out
+    if isinstance(config, list):
+        return [upgrade_targets(v) for v in config]
+    return config

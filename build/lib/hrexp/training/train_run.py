@@ -1,0 +1,213 @@
+"""``train(cfg)``: the body of ``train.py``, importable so tests and sweeps call the same code."""
+
+from __future__ import annotations
+
+import logging
+import math
+import sys
+import time
+import traceback
+from pathlib import Path
+from typing import Any, NamedTuple, Sequence
+
+import lightning.pytorch as pl
+import rich
+from hydra.utils import instantiate
+from lightning.pytorch.utilities import rank_zero_only
+from omegaconf import DictConfig, OmegaConf
+from rich.table import Table
+
+from hrexp.callbacks.best_metrics import BestMetrics
+from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
+from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
+from hrexp.training.build import (
+    Callbacks,
+    ConfigError,
+    build_callbacks,
+    build_datamodule,
+    build_loggers,
+    build_module,
+    choices,
+)
+from hrexp.training.module import HRExpModule
+from hrexp.utils.hydra_runtime import in_multirun
+from hrexp.utils.config_tree import print_and_save_config
+
+log = logging.getLogger(__name__)
+
+
+def seed_run(seed: Any) -> None:
+    """Seed everything when ``seed`` is any integer, 0 included (``if seed:`` would skip 0)."""
+    if seed is None:
+        return
+    if isinstance(seed, bool) or not isinstance(seed, int):
+        raise ConfigError(f"seed={seed!r}: expected an integer or null")
+    pl.seed_everything(seed, workers=True)
+
+
+def _output_dir(cfg: DictConfig) -> Path:
+    return Path(cfg.paths.output_dir)
+
+
+def _record_header(cfg: DictConfig, status: str) -> RunRecord:
+    """The fields that open every run record, finished or failed: what ran, where, and what it follows."""
+    monitor = (cfg.get("task") or {}).get("monitor") or {}
+    return RunRecord(
+        status=status,
+        choices=choices(cfg),
+        seed=cfg.get("seed"),
+        tags=list(cfg.get("tags") or []),
+        output_dir=str(_output_dir(cfg)),
+        # A failing config may hold a bad mode: the record then says nothing rather than fail too.
+        monitor=Monitor(str(monitor["metric"]), str(monitor["mode"])) if monitor.get("mode") in ("min", "max") else None,
+    )
+
+
+def finish_wandb(exit_code: int) -> None:
+    """Close the process's W&B run, if any, so the next job of a sweep opens its own and a crash shows."""
+    wandb = sys.modules.get("wandb")
+    if wandb is not None and getattr(wandb, "run", None) is not None:
+        wandb.finish(exit_code=exit_code)
+
+
+def run_job(cfg: DictConfig) -> float | None:
+    """The body of ``train.py``: train and return the value a sweeper optimises.
+
+    Returns the best value of the task's monitored metric (``val/mre`` for landmarks). A job that
+    fails writes ``results.json`` with ``status: failed`` and the error. In a multirun it then
+    returns NaN, so the sweep goes on (Hydra's sweepers stop at the first exception; Optuna marks a
+    NaN trial as failed); a single run re-raises.
+    """
+    try:
+        record = train(cfg)
+    except Exception as err:
+        log.error("run failed: %s", err, exc_info=True)
+        if rank_zero_only.rank == 0:
+            record = _record_header(cfg, "failed")
+            record.error, record.traceback = f"{type(err).__name__}: {err}", traceback.format_exc()
+            write_record(_output_dir(cfg), record)
+        finish_wandb(exit_code=1)
+        if in_multirun():
+            return math.nan
+        raise
+    finish_wandb(exit_code=0)
+    best = record.best.get(record.headline or "")
+    return None if best is None else best.value
+
+
+class RunParts(NamedTuple):
+    """The objects of one run, built from its config."""
+
+    datamodule: pl.LightningDataModule
+    module: HRExpModule
+    callbacks: Callbacks
+    loggers: list[Any]
+    trainer: pl.Trainer
+
+
+def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> RunParts:
+    """Seed, then build datamodule (data read and validated), module, callbacks, loggers and Trainer.
+
+    Everything that can fail on config or data fails here, before the first step.
+    ``extra_callbacks`` join the config's (tests use them to watch a run).
+    """
+    seed_run(cfg.get("seed"))
+    datamodule = build_datamodule(cfg.data)
+    module = build_module(cfg, datamodule)
+    callbacks = build_callbacks(cfg.get("callbacks"))
+    if cfg.get("test") and cfg.get("train"):
+        callbacks.checkpoint(cfg.test_ckpt)
+    loggers = build_loggers(cfg.get("logger"))
+    trainer: pl.Trainer = instantiate(
+        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False
+    )
+    return RunParts(datamodule, module, callbacks, loggers, trainer)
+
+
+def _metric_modes(task: Any, names: Sequence[str]) -> dict[str, str]:
+    """The direction of each logged validation/test value, as its metric declares it."""
+    modes = {}
+    for name in sorted(names):
+        mode = task.metric_mode(name) if name.startswith(("val/", "test/")) else None
+        if mode is not None:
+            modes[name] = mode
+    return modes
+
+
+def train(cfg: DictConfig) -> RunRecord:
+    """Validate, build, train, test and record one run. Returns the run record."""
+    out_dir = _output_dir(cfg)
+    if rank_zero_only.rank == 0:
+        print_and_save_config(cfg, out_dir)
+    datamodule, module, callbacks, loggers, trainer = build_run(cfg)
+
+    record = _record_header(cfg, "running")
+    record.monitor = Monitor(**module.task.monitor)
+    record.params = parameter_counts(module)
+    record.params_backbone = count_parameters(module.backbone)
+    # For comparison tables: the input the model sees and its cost there.
+    record.input_size = [int(v) for v in datamodule.input_size]
+    record.macs_g = count_macs(module, (1, 3, *record.input_size)) / 1e9
+    record.pretrained = cfg.model.get("pretrained", False)
+    record.dataset_meta = dict(datamodule.dataset_meta)
+    for lg in loggers:
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": record.params})
+
+    t0 = time.time()
+    if cfg.get("train"):
+        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+    record.train_time_s = time.time() - t0
+    record.param_groups = module.param_group_summary
+    logged = set(trainer.callback_metrics)
+
+    best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)
+    record.best = {metric: Best(**rec) for metric, rec in (best.best if best else {}).items()}
+    record.checkpoints = {
+        name: CheckpointInfo(path=cb.best_model_path or None, monitor=cb.monitor,
+                             score=None if cb.best_model_score is None else float(cb.best_model_score))
+        for name, cb in callbacks.checkpoints().items()
+    }
+    record.baselines = module.task.baselines(datamodule)
+
+    if cfg.get("test"):
+        ckpt = None
+        if cfg.get("train"):
+            cb = callbacks.checkpoint(cfg.test_ckpt)
+            ckpt = cb.best_model_path or None
+        if ckpt:
+            log.info("Testing checkpoint %s (test_ckpt=%s)", ckpt, cfg.test_ckpt)
+            rich.print(f"[bold]Testing checkpoint[/bold] {ckpt} (test_ckpt={cfg.test_ckpt})")
+        else:
+            log.warning("No checkpoint to test (test_ckpt=%s); testing the current weights", cfg.get("test_ckpt"))
+        results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
+        metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
+        record.test = TestResult(checkpoint=ckpt, split=datamodule.test_split_name, metrics=metrics)
+        logged |= set(metrics)
+
+    record.metric_modes = _metric_modes(module.task, [*logged, *record.best])
+    record.status = "finished"
+    if trainer.is_global_zero:
+        write_record(out_dir, record)
+        _print_summary(record, module.task.summary_rows(record))
+    return record
+
+
+def _fmt(value: Any) -> str:
+    return "-" if value is None else f"{value:.4g}" if isinstance(value, float) else str(value)
+
+
+def _print_summary(record: RunRecord, task_rows: Sequence[tuple[str, str]]) -> None:
+    """The run's best values, the task's own lines (baselines), the test metrics, time and size."""
+    table = Table(title=f"Run summary: {record.choices.get('model')} / {record.choices.get('task')}")
+    table.add_column("quantity")
+    table.add_column("value", justify="right")
+    for name, best in record.best.items():
+        table.add_row(f"best {name} (epoch {best.epoch})", _fmt(best.value))
+    for quantity, value in task_rows:
+        table.add_row(quantity, value)
+        log.info("%s: %s", quantity, value)
+    for key, value in (record.test.metrics if record.test else {}).items():
+        table.add_row(key, _fmt(float(value)))
+    table.add_row("train time [s]", _fmt(record.train_time_s))
+    table.add_row("parameters", f"{record.params['total']:,}" if record.params else "-")
+    rich.print(table)
