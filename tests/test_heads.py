@@ -14,7 +14,8 @@ from omegaconf import OmegaConf
 from torch import nn
 
 from hrexp.startup import CONFIG_DIR
-from hrexp.models.heads import DeconvHead, HRNetV2Head, HeatmapHead, check_head_fits
+from hrexp.models.head_fit import check_head_fits
+from hrexp.models.heads import DeconvHead, HRNetV2Head, HeatmapHead
 from hrexp.models.hrnet import HighResolutionNet
 from hrexp.models.timm_backbone import TimmBackbone
 from hrexp.models.unet import UNet

@@ -11,8 +11,7 @@ import pytest
 import torch
 import yaml
 
-from tests.helpers import shared_path
-from tests.helpers import run_script
+from tests.helpers import run_script, shared_path, write_image
 
 # Small but real: 128 x 96 crops (the coarsest HRNet stride, 32, divides both), one batch of all
 # 12 labelled people per step, 40 steps at lr 1e-3 without scale / rotation / half-body (flip and
@@ -86,6 +85,22 @@ def test_eval_from_the_best_ap_checkpoint_reproduces_the_logged_val_ap(pose_run,
     assert summary["metrics"]["val/AP"] == pytest.approx(best["value"], abs=1e-9)
     logged = [r for r in read_rows(pose_run, "val/AP") if int(r["epoch"]) == best["epoch"]][0]
     assert summary["metrics"]["val/AR"] == pytest.approx(float(logged["val/AR"]), abs=1e-6)
+
+
+def test_eval_of_a_pose_checkpoint_on_landmark_data_says_what_is_missing(pose_run, cache_dir, tmp_path):
+    """Landmark data lacks what pose needs: the pose task says so, naming task, data and the option to set."""
+    record = json.loads((pose_run / "results.json").read_text())
+    write_image(tmp_path / "a.png", height=64, width=48)
+    csv_file = tmp_path / "points.csv"
+    csv_file.write_text("image,p1_x,p1_y,p2_x,p2_y\n" + "a.png,1,2,3,4\n" * 3)
+    proc = run_script("eval.py", [f"ckpt_path={record['checkpoints']['checkpoint_best_metric']['path']}",
+                                  "data=landmarks_csv", f"data.csv={csv_file}", "data.image_size=[128,96]",
+                                  f"hydra.run.dir={tmp_path / 'eval'}"], cache_dir, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "AttributeError" not in output
+    # The first thing pose needs that plain landmark data lacks: flip pairs (for the flip test), then sigmas.
+    assert "task=pose data=landmarks_csv model=hrnet_w32" in output
+    assert "task.flip_test=true but the data defines no flip pairs" in output
 
 
 FACE_POINTS = {  # 5 of the 300W (iBUG 68-point) landmarks, 0-based

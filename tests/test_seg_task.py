@@ -6,6 +6,7 @@ from __future__ import annotations
 import csv
 import json
 
+import numpy as np
 import pytest
 import torch
 
@@ -14,8 +15,7 @@ from hrexp.metrics.segmentation import SegmentationMetrics
 from hrexp.models.heads import HeatmapHead
 from hrexp.tasks.segmentation import SegmentationTask
 from hrexp.training.build import ConfigError, build_module
-from tests.helpers import shared_path
-from tests.helpers import run_script
+from tests.helpers import run_script, shared_path, write_image
 
 META = {"num_classes": 3, "class_names": ["bg", "a", "b"], "ignore_index": 255}
 
@@ -150,3 +150,26 @@ def test_eval_from_the_best_miou_checkpoint_reproduces_the_logged_value(seg_run,
     # Two steps in, the model still predicts background everywhere, so mIoU alone would not depend
     # on the model; the loss on the same logits does (same images, same resizing, same windows).
     assert summary["metrics"]["val/loss"] == pytest.approx(float(logged["val/loss"]), rel=1e-5)
+    # The task's per-item table: IoU and Dice per class, the same IoUs as the logged per-class metrics.
+    with open(out / "per_class.csv") as fh:
+        rows = {r["class"]: r for r in csv.DictReader(fh)}
+    assert list(rows) == ["background", "polyp"] and summary["tables"]["per_class"].endswith("per_class.csv")
+    for name, row in rows.items():
+        assert float(row["iou"]) == pytest.approx(summary["metrics"][f"val/iou_{name}"], rel=1e-6)
+
+
+def test_eval_on_data_with_other_classes_names_both_counts(seg_run, cache_dir, tmp_path):
+    record = json.loads((seg_run / "results.json").read_text())
+    root = tmp_path / "three_classes"
+    for i in range(3):
+        write_image(root / "images" / f"{i}.png", np.full((64, 64, 3), 40 * i, np.uint8))
+        write_image(root / "masks" / f"{i}.png", np.tile(np.arange(64, dtype=np.uint8) % 3, (64, 1)))
+    proc = run_script("eval.py", [
+        f"ckpt_path={record['checkpoints']['checkpoint_best_metric']['path']}", "data=seg_folder", f"data.root={root}",
+        "data.num_classes=3", "data.value_map={0:0,1:1,2:2}", "data.val_fraction=0.34", "data.test_fraction=0",
+        f"hydra.run.dir={tmp_path / 'eval'}"],
+        cache_dir, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "AttributeError" not in output
+    assert "trained on data=kvasir (num_classes=2)" in output and "data=seg_folder (num_classes=3)" in output
+    assert "task.head" in output and "checkpoint [2" in output

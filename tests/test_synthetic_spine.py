@@ -10,9 +10,9 @@ import pytest
 from hrexp.data.errors import DataError
 from hrexp.data.landmarks import synthetic_spine as synth
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
-from hrexp.data.landmarks.synthetic_spine import (
+from hrexp.data.landmarks.synthetic_spine import build_synthetic_spine
+from hrexp.data.landmarks.synthetic_spine_render import (
     _coverage,
-    build_synthetic_spine,
     inset_polygon,
     render_spine_image,
     synthetic_landmark_names,

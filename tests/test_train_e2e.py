@@ -9,8 +9,9 @@ from pathlib import Path
 
 import pytest
 import torch
+import yaml
 
-from tests.helpers import TINY, run_script
+from tests.helpers import TINY, run_script, write_image
 
 
 def read_val_rows(run_dir: Path) -> list[dict[str, str]]:
@@ -80,6 +81,52 @@ def test_eval_reproduces_the_final_test(trained_run, tmp_path, cache_dir):
     mean = sum(float(r["mre"]) for r in rows) / len(rows)
     assert mean == pytest.approx(summary["metrics"]["test/mre"], rel=1e-4)
     assert float(rows[0]["mre_mm"]) == pytest.approx(float(rows[0]["mre"]) * 0.5, rel=1e-4)
+
+
+def test_eval_with_a_data_override_scores_the_checkpoint_on_that_data(trained_run, tmp_path, cache_dir):
+    """The run's test set, read through data=landmarks_csv instead of the synthetic module: same numbers."""
+    run_dir, _ = trained_run
+    record = json.loads((run_dir / "results.json").read_text())
+    test_csv = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["cache_dir"]) / "test.csv"
+    out = tmp_path / "eval"
+    run_script("eval.py", [f"ckpt_path={record['test']['checkpoint']}", "data=landmarks_csv", f"data.csv={test_csv}",
+                           f"data.test_csv={test_csv}", "data.image_size=[64,32]", f"hydra.run.dir={out}"], cache_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["choices"]["data"] == "landmarks_csv" and summary["split"] == "test"
+    assert summary["metrics"]["test/mre"] == pytest.approx(record["test"]["metrics"]["test/mre"], rel=1e-5)
+
+
+def test_eval_of_a_checkpoint_from_before_the_data_package_moved(trained_run, tmp_path, cache_dir):
+    """A checkpoint whose stored config names the old class paths (hrexp.data.datamodule.*) still evaluates."""
+    run_dir, _ = trained_run
+    record = json.loads((run_dir / "results.json").read_text())
+    ckpt = torch.load(record["test"]["checkpoint"], map_location="cpu", weights_only=True)
+    config = ckpt["hrexp"]["config"]
+    assert config["data"]["_target_"] == "hrexp.data.landmarks.datamodule.SyntheticSpineDataModule"
+    config["data"]["_target_"] = "hrexp.data.datamodule.SyntheticSpineDataModule"
+    config["callbacks"]["best_metrics"]["_target_"] = "hrexp.training.best_metrics.BestMetrics"
+    del ckpt["hrexp"]["dataset_meta"]  # older checkpoints did not store it
+    old = tmp_path / "old.ckpt"
+    torch.save(ckpt, old)
+    out = tmp_path / "eval"
+    run_script("eval.py", [f"ckpt_path={old}", f"hydra.run.dir={out}"], cache_dir)
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["metrics"]["test/mre"] == pytest.approx(record["test"]["metrics"]["test/mre"], rel=1e-5)
+
+
+def test_eval_on_data_with_other_landmarks_names_both_counts(trained_run, tmp_path, cache_dir):
+    run_dir, _ = trained_run
+    record = json.loads((run_dir / "results.json").read_text())
+    write_image(tmp_path / "a.png", height=64, width=32)
+    other = tmp_path / "three.csv"
+    other.write_text("image,p1_x,p1_y,p2_x,p2_y,p3_x,p3_y\n" + "a.png,1,2,3,4,5,6\n" * 4)
+    proc = run_script("eval.py", [f"ckpt_path={record['test']['checkpoint']}", "data=landmarks_csv", f"data.csv={other}",
+                                  "data.image_size=[64,32]", f"hydra.run.dir={tmp_path / 'eval'}"], cache_dir, check=False)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode != 0 and "AttributeError" not in output
+    assert "its weights do not fit the model built for this data" in output
+    assert "trained on data=synthetic_spine (num_keypoints=40)" in output
+    assert "data=landmarks_csv (num_keypoints=3)" in output and "task.head.final.weight: checkpoint [40" in output
 
 
 def test_resume_continues_from_last_checkpoint(trained_run, tmp_path, cache_dir):

@@ -3,7 +3,8 @@
 Every head is built as ``Head(feature_info, num_outputs, ...)`` from the backbone's
 ``feature_info`` (highest resolution first), has ``.stride`` (its output stride relative to the
 input image), and checks at construction that it fits the backbone: a misfit raises a ValueError
-naming the head and the backbone's feature strides and channels (:func:`check_head_fits`).
+naming the head and the backbone's feature strides and channels
+(:func:`~hrexp.models.head_fit.check_head_fits`).
 
 - :class:`HeatmapHead`: the highest-resolution feature, kxk conv-BN-ReLU, 1x1 conv.
 - :class:`HRNetV2Head`: every feature up-sampled to the finest and concatenated (HRNetV2),
@@ -15,111 +16,12 @@ naming the head and the backbone's feature strides and channels (:func:`check_he
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-
-def _validate_feature_info(feature_info: Any) -> list[dict[str, int]]:
-    """Checks ``feature_info`` and returns it as plain dicts.
-
-    Raises:
-        ValueError: It is empty, not a sequence of mappings, lacks positive integer ``num_chs``
-            / ``reduction``, or is not ordered highest resolution first.
-    """
-    if isinstance(feature_info, (str, bytes)) or not isinstance(feature_info, Sequence):
-        # OmegaConf's ListConfig is a Sequence, so configs pass this check.
-        raise ValueError(
-            f"feature_info must be a list of dicts, got {type(feature_info).__name__}"
-        )
-    if len(feature_info) == 0:
-        raise ValueError("feature_info is empty: the backbone describes no features")
-    infos = []
-    for index, info in enumerate(feature_info):
-        if not isinstance(info, Mapping):
-            raise ValueError(
-                f"feature_info[{index}] must be a dict with num_chs and reduction, "
-                f"got {type(info).__name__}"
-            )
-        for key in ("num_chs", "reduction"):
-            value = info.get(key)
-            if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-                raise ValueError(
-                    f"feature_info[{index}][{key!r}] must be a positive int, got {value!r}"
-                )
-        infos.append({"num_chs": info["num_chs"], "reduction": info["reduction"]})
-    reductions = [info["reduction"] for info in infos]
-    if reductions != sorted(reductions):
-        raise ValueError(
-            f"feature_info must be ordered highest resolution first, got reductions {reductions}"
-        )
-    return infos
-
-
-def describe_features(feature_info: Any) -> str:
-    """``"strides [4, 8], channels [32, 64]"`` for error messages (the raw value if malformed)."""
-    try:
-        strides = [info["reduction"] for info in feature_info]
-        channels = [info["num_chs"] for info in feature_info]
-    except (TypeError, KeyError, IndexError):
-        text = repr(feature_info)
-        return f"feature_info {text if len(text) <= 200 else text[:200] + '...'}"
-    return f"strides {strides}, channels {channels}"
-
-
-def check_head_fits(
-    head_name: str,
-    feature_info: Any,
-    *,
-    min_features: int = 1,
-    strictly_increasing: bool = False,
-    power_of_two_strides: bool = False,
-) -> list[dict[str, int]]:
-    """Checks that a head can read a backbone's features; returns them as plain dicts.
-
-    Args:
-        head_name: The head's name, for the error message.
-        feature_info: The backbone's ``feature_info``.
-        min_features: Fewest features the head needs.
-        strictly_increasing: Strides must strictly increase (no two features at one stride).
-        power_of_two_strides: Every stride must be a power of two, so that each feature's
-            resolution is an exact integer multiple of every coarser one.
-
-    Returns:
-        ``[{"num_chs": int, "reduction": int}, ...]``, highest resolution first.
-
-    Raises:
-        ValueError: ``feature_info`` is malformed or does not meet the requirements; the message
-            names the head and the backbone's feature strides and channels.
-    """
-    prefix = f"{head_name} does not fit the backbone's features ({describe_features(feature_info)})"
-    try:
-        infos = _validate_feature_info(feature_info)
-    except ValueError as err:
-        raise ValueError(f"{prefix}: {err}") from None
-    strides = [info["reduction"] for info in infos]
-    if len(infos) < min_features:
-        raise ValueError(f"{prefix}: it needs at least {min_features} features, got {len(infos)}")
-    if strictly_increasing and any(a >= b for a, b in zip(strides, strides[1:])):
-        raise ValueError(f"{prefix}: the strides must strictly increase, got {strides}")
-    if power_of_two_strides and any(s & (s - 1) for s in strides):
-        raise ValueError(f"{prefix}: every stride must be a power of two, got {strides}")
-    return infos
-
-
-def _check_features(
-    head_name: str, features: Sequence[torch.Tensor], infos: list[dict[str, int]]
-) -> None:
-    """Fails clearly when a head gets other features than the ``feature_info`` it was built for."""
-    channels = [info["num_chs"] for info in infos]
-    got = [int(f.shape[1]) for f in features]
-    if got != channels:
-        raise ValueError(
-            f"{head_name} was built for {len(channels)} features with channels {channels} "
-            f"(strides {[info['reduction'] for info in infos]}), got {len(got)} with channels {got}"
-        )
+from hrexp.models.head_fit import check_features, check_head_fits, describe_features
 
 
 def _init_output_conv(conv: nn.Conv2d) -> None:
@@ -301,7 +203,7 @@ class HRNetV2Head(nn.Module):
         Returns:
             ``[B, in_channels, h, w]`` with ``(h, w)`` the finest feature's size.
         """
-        _check_features("HRNetV2Head", features, self.feature_info)
+        check_features("HRNetV2Head", features, self.feature_info)
         size = features[0].shape[-2:]
         upsampled = [
             _upsample_by(feature, factor, size)
@@ -431,5 +333,5 @@ class DeconvHead(nn.Module):
             Heatmaps ``[B, num_outputs, h * 2**N, w * 2**N]`` for a coarsest feature of size
             ``(h, w)``: ``H / stride`` for inputs divisible by the coarsest stride.
         """
-        _check_features("DeconvHead", features, self.feature_info)
+        check_features("DeconvHead", features, self.feature_info)
         return self.final(self.deconv_layers(features[-1]))

@@ -26,13 +26,13 @@ from hrexp.models.freeze import (  # noqa: E402
     timm_frozen_modules,
     timm_stage_modules,
 )
+from hrexp.models.hf_cache import resolve_hf_cached_weights  # noqa: E402
 from hrexp.models.pretrained import (  # noqa: E402
     LoadReport,
     check_pretrained_file,
     is_disabled,
     load_pretrained,
     looks_like_path,
-    resolve_hf_cached_weights,
 )
 
 log = logging.getLogger(__name__)

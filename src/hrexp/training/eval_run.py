@@ -157,5 +157,5 @@ def _cell(value: Any) -> str:
     if value is None:
         return ""
     if isinstance(value, float):
-        return "" if value != value else f"{value:.6g}"
+        return "" if value != value else repr(value)  # full precision: the file is data, not a display
     return str(value)
