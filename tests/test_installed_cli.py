@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import subprocess
 import sys
 import sysconfig
@@ -45,8 +46,14 @@ def _run(command: list[str], cwd: Path, env: dict[str, str], timeout: float = 60
 def installed(tmp_path_factory):
     """A venv with only the hrexp wheel installed; the dependencies come from the test venv's site-packages."""
     base = tmp_path_factory.mktemp("installed")
+    # Built from a copy: setuptools builds in the source folder (build/), where a stale module of an
+    # earlier build would end up in the wheel, and the repository must stay clean.
+    source = base / "source"
+    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "README.md"):
+        shutil.copy(ROOT / name, source / name)
     dist = base / "dist"
-    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(ROOT)],
+    _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
          cwd=base, env=dict(os.environ))
     (wheel,) = dist.glob("hrexp-*.whl")
     venv = base / "venv"

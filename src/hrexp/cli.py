@@ -56,8 +56,7 @@ def evaluate(project_root: str | Path | None = None) -> None:
 
 def compare(argv: Sequence[str] | None = None) -> int:
     """``hrexp-compare <run or sweep folders> [--out ...]``: the comparison report of finished runs."""
-    startup()
-    from hrexp.compare import main
+    from hrexp.compare import main  # calls startup() itself, as `python -m hrexp.compare` does
 
     return main(None if argv is None else list(argv))
 

@@ -18,6 +18,7 @@ import argparse
 from pathlib import Path
 
 from hrexp.reports.comparison import CompareError, compare
+from hrexp.startup import startup
 
 
 def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, argparse.Namespace]:
@@ -41,6 +42,7 @@ def parse_args(argv: list[str] | None = None) -> tuple[argparse.ArgumentParser, 
 
 
 def main(argv: list[str] | None = None) -> int:
+    startup()
     parser, args = parse_args(argv)
     metrics = [m.strip() for m in args.metrics.split(",") if m.strip()] if args.metrics else None
     try:

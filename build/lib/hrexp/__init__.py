@@ -1,3 +1,0 @@
-"""hrexp: an experiment framework for high-resolution dense prediction."""
-
-__version__ = "0.1.0"

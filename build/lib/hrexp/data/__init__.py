@@ -1,1 +1,0 @@
-"""Data: the datamodule base and what every family shares, and one folder per family."""

@@ -1,1 +1,0 @@
-"""Landmark data: records, one reader per annotation format, validation, the dataset and the datamodules."""

@@ -1,1 +1,0 @@
-"""Semantic segmentation data: image/mask pairs, mask decoding, transforms, the dataset and the datamodules."""

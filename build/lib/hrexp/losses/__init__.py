@@ -1,1 +1,0 @@
-"""Loss modules (weighted heatmap MSE, segmentation CE / OHEM / Dice)."""

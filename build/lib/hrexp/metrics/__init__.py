@@ -1,1 +1,0 @@
-"""torchmetrics ``Metric`` classes: landmark error, COCO keypoint AP, segmentation IoU / Dice."""
