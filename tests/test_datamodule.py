@@ -22,7 +22,7 @@ from hrexp.data.landmarks.datamodule import (
 )
 from hrexp.data.splits import split_indices
 from hrexp.startup import CONFIG_DIR
-from tests.helpers import SHARED_DATA as SHARED, write_image
+from tests.helpers import SHARED_DATA as SHARED, seed_all, write_image
 
 AASCE = SHARED / "spine_aasce"
 _aasce_present = pytest.mark.skipif(
@@ -110,11 +110,9 @@ def test_setup_is_idempotent(synthetic_dm):
 
 
 def test_seeded_split_is_deterministic_and_independent_of_global_seed():
-    torch.manual_seed(1)
-    np.random.seed(1)
+    seed_all(1)
     a = split_indices(100, 0.15, seed=0)
-    torch.manual_seed(2)
-    np.random.seed(2)
+    seed_all(2)
     b = split_indices(100, 0.15, seed=0)
     c = split_indices(100, 0.15, seed=1)
     assert a == b and a != c

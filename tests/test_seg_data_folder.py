@@ -14,7 +14,7 @@ from hrexp.data.errors import DataError
 from hrexp.data.segmentation.datamodule import SegFolderDataModule
 from hrexp.data.segmentation.reader import MaskDecoder, pair_folder
 from hrexp.data.splits import split_three
-from tests.helpers import shared_path
+from tests.helpers import seed_all, shared_path
 
 
 def write_folder(root: Path, items: dict[str, tuple[np.ndarray, np.ndarray]], image_ext=".png", mask_ext=".png") -> Path:
@@ -235,8 +235,7 @@ def test_seeded_split_is_deterministic_disjoint_and_independent_of_the_global_se
     root = folder_of(tmp_path, ids)
 
     def splits(seed: int, global_seed: int):
-        torch.manual_seed(global_seed)
-        np.random.seed(global_seed)
+        seed_all(global_seed)
         dm = SegFolderDataModule(root, num_classes=2, value_map={0: 0, 1: 1}, split_seed=seed,
                                  val_fraction=0.2, test_fraction=0.1)
         dm.setup()
