@@ -14,8 +14,8 @@ DDP_TINY = [
     "trainer.max_epochs=1",
     "trainer.limit_train_batches=2",
     "trainer.num_sanity_val_steps=0",
-    # 40 images -> 34 train / 6 val: 3 val images per rank, so no sample is padded in twice.
-    "data.num_train=40",
+    # 33 images -> 28 train / 5 val: 3 + 2 on two ranks; a padding sampler would score one image twice.
+    "data.num_train=33",
     "data.num_test=4",
     "data.original_size=[128,64]",
     "data.image_size=[64,32]",
@@ -25,18 +25,26 @@ DDP_TINY = [
 
 
 def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
+    """An odd validation set (5 images) on 2 ranks: MRE, SDR and the loss count each image once."""
     run = tmp_path / "ddp"
-    run_script("train.py", [*DDP_TINY, f"hydra.run.dir={run}"], cache_dir)
+    proc = run_script("train.py", [*DDP_TINY, f"hydra.run.dir={run}"], cache_dir)
     with open(run / "csv" / "metrics.csv") as fh:
         logged = [r for r in csv.DictReader(fh) if r.get("val/mre")]
     assert len(logged) == 1
+    record = json.loads((run / "results.json").read_text())
+    assert record["global_batch_size"] == 4 * 2  # data.batch_size is per process
+    assert "4 per process x 2 processes x 1 accumulated = 8 samples per optimizer step" in proc.stdout + proc.stderr
 
-    # The same weights scored by one process on the whole validation split.
-    out = tmp_path / "eval"
-    run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", f"hydra.run.dir={out}"], cache_dir)
-    single = json.loads((out / "summary.json").read_text())["metrics"]
-    for key in ("val/mre", "val/loss", "val/sdr_24"):
-        assert float(logged[0][key]) == pytest.approx(single[key], rel=1e-5), key
+    # The same weights scored by one process on the whole validation split, and by eval.py on 2 ranks.
+    values = {}
+    for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
+        out = tmp_path / name
+        run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
+                               f"hydra.run.dir={out}"], cache_dir)
+        values[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    for key in ("val/mre", "val/mre_mm", "val/loss", "val/sdr_4", "val/sdr_24"):
+        assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
+        assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
 
 
 @pytest.mark.slow  # ~2 min: 60 DDP steps, so that the model finds people and a duplicate would count
@@ -76,3 +84,64 @@ def test_ddp_pose_ap_drops_the_padded_duplicate_and_equals_single_process_eval(t
     single = json.loads((out / "summary.json").read_text())["metrics"]
     for key in ("val/AP", "val/AP50", "val/AR"):
         assert float(logged[0][key]) == pytest.approx(single[key], abs=1e-9), key
+
+
+def _write_seg_folder(root, n: int = 15, size: int = 64) -> None:
+    """``n`` image/mask pairs: a bright random rectangle (class 1, mask value 255) on a dark background."""
+    import numpy as np
+
+    from tests.helpers import write_image
+
+    rng = np.random.default_rng(0)
+    for i in range(n):
+        image = rng.integers(0, 60, (size, size, 3), dtype=np.uint8)
+        mask = np.zeros((size, size), np.uint8)
+        y, x = rng.integers(0, size // 2, 2)
+        h, w = rng.integers(8, size // 2, 2)
+        image[y:y + h, x:x + w] += 150
+        mask[y:y + h, x:x + w] = 255
+        write_image(root / "images" / f"{i:02d}.png", image)
+        write_image(root / "masks" / f"{i:02d}.png", mask)
+
+
+@pytest.mark.slow  # ~1.5 min: a DDP run and two evals
+def test_ddp_segmentation_metrics_and_loss_equal_single_process_eval(tmp_path, cache_dir):
+    """15 pairs -> 3 val images on 2 ranks (2 + 1): mIoU, Dice and the loss count each image once."""
+    data = tmp_path / "seg"
+    _write_seg_folder(data)
+    run = tmp_path / "ddp"
+    run_script("train.py", [
+        "trainer=ddp_cpu", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.num_sanity_val_steps=0",
+        "callbacks.progress_bar=null", "model=hrnet_w18", "task=segmentation", "data=seg_folder", f"data.root={data}",
+        "data.num_classes=2", "data.value_map={0:0,255:1}", "data.val_fraction=0.2", "data.test_fraction=0.2",
+        "data.crop_size=[64,64]", "data.batch_size=2", "data.num_workers=0", "test=false", "seed=0",
+        f"hydra.run.dir={run}"], cache_dir)
+    with open(run / "csv" / "metrics.csv") as fh:
+        logged = [r for r in csv.DictReader(fh) if r.get("val/mIoU")]
+    assert len(logged) == 1
+    values = {}
+    for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
+        out = tmp_path / name
+        run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
+                               f"hydra.run.dir={out}"], cache_dir)
+        values[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/loss"):
+        assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
+        assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
+
+
+@pytest.mark.slow  # ~1.5 min: two DDP jobs
+def test_only_rank_zero_writes_run_folders_inside_a_ddp_multirun(tmp_path, cache_dir):
+    """Lightning relaunches each job's script for rank 1: it must not write records, configs or folders."""
+    sweep = tmp_path / "sweep"
+    run_script("train.py", ["-m", *DDP_TINY, "seed=0,1", "test=false", f"hydra.sweep.dir={sweep}"], cache_dir,
+               env={"PROJECT_ROOT": str(tmp_path)})
+    status = json.loads((sweep / "sweep_status.json").read_text())
+    assert [job["status"] for job in status["jobs"]] == ["finished", "finished"]
+    assert sorted(p.name for p in sweep.iterdir() if p.is_dir()) == ["0", "1"]
+    assert not (tmp_path / "logs").exists(), "a rank wrote a run folder of its own under the project root"
+    for job in ("0", "1"):
+        assert len(list((sweep / job).rglob("results.json"))) == 1
+        assert len(list((sweep / job).rglob("config.yaml"))) == 2  # the resolved one and Hydra's in .hydra/
+        with open(sweep / job / "csv" / "metrics.csv") as fh:
+            assert len([r for r in csv.DictReader(fh) if r.get("val/mre")]) == 1

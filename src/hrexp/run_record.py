@@ -114,6 +114,8 @@ class RunRecord:
     # None: unknown (records older than the field); False: random init; True or a name/path otherwise.
     pretrained: Any = None
     dataset_meta: dict[str, Any] = field(default_factory=dict)
+    # data.batch_size is per process: this is batch_size x processes x accumulate_grad_batches.
+    global_batch_size: int | None = None
     train_time_s: float | None = None
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Best] = field(default_factory=dict)

@@ -32,7 +32,7 @@ from torch.utils.data import DataLoader, Dataset
 
 from hrexp.data import images, paths
 from hrexp.data.errors import DataError
-from hrexp.data.loaders import make_loader
+from hrexp.data.loaders import eval_sampler, make_loader
 from hrexp.data.splits import split_indices, split_three
 
 log = logging.getLogger(__name__)
@@ -175,18 +175,22 @@ class HRExpDataModule(LightningDataModule):
 
     def dataloader(self, split: str) -> DataLoader:
         """The loader of ``split``: shuffled training batches, or evaluation batches in split order
-        (the last partial batch is kept)."""
+        (the last partial batch is kept; under DDP each sample on one process, see
+        :func:`hrexp.data.loaders.eval_sampler`)."""
         if split not in SPLITS:
             raise ValueError(f"split must be one of {list(SPLITS)}, got {split!r}")
         self.splits  # noqa: B018 (raises before setup)
         train = split == "train"
+        dataset = self.datasets[split]
         return make_loader(
-            self.datasets[split],
+            dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=train,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=self.collate_fn(split),
+            # Under DDP each evaluation sample on exactly one process: metrics count no padding twice.
+            sampler=None if train else eval_sampler(dataset),
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -11,6 +11,7 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import lightning.pytorch as pl
 import rich
 import torch
 from hydra.utils import instantiate
@@ -100,6 +101,21 @@ def load_weights(module: torch.nn.Module, ckpt: dict[str, Any], run_cfg: DictCon
     )
 
 
+class SplitAsTest(pl.LightningDataModule):
+    """One split of a set-up datamodule served as the test split.
+
+    The loader is asked for inside ``trainer.test``, after the DDP processes are up, so that under
+    ``trainer=ddp_cpu`` / ``ddp`` each sample is scored on exactly one process.
+    """
+
+    def __init__(self, datamodule: Any, split: str):
+        super().__init__()
+        self.datamodule, self.split = datamodule, split
+
+    def test_dataloader(self) -> Any:
+        return self.datamodule.dataloader(self.split)
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the task's tables and ``summary.json`` to the run folder."""
     out_dir = Path(cfg.paths.output_dir)
@@ -116,11 +132,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
 
     trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False, callbacks=[RichProgressBar()])
     split = datamodule.test_split_name if cfg.split == "test" else "val"
-    loader = datamodule.test_dataloader() if cfg.split == "test" else datamodule.val_dataloader()
     # Which weights the checkpoint's state_dict holds (EMA-trained runs store the average there).
     weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
     rich.print(f"[bold]Evaluating checkpoint[/bold] {cfg.ckpt_path} ({weights['kind']} weights) on the {split} split")
-    results = trainer.test(module, dataloaders=loader, verbose=True)
+    results = trainer.test(module, datamodule=SplitAsTest(datamodule, cfg.split), verbose=True)
     metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
 
     tables = {}

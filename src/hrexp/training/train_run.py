@@ -150,8 +150,13 @@ def train(cfg: DictConfig) -> RunRecord:
     record.macs_g = count_macs(module, (1, 3, *record.input_size)) / 1e9
     record.pretrained = cfg.model.get("pretrained", False)
     record.dataset_meta = dict(datamodule.dataset_meta)
+    # data.batch_size is per process (Lightning's convention): what one optimizer step sees is more.
+    record.global_batch_size = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
+    log.info("batch: %d per process x %d processes x %d accumulated = %d samples per optimizer step",
+             datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches, record.global_batch_size)
     for lg in loggers:
-        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": record.params})
+        lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": record.params,
+                            "global_batch_size": record.global_batch_size})
 
     t0 = time.time()
     if cfg.get("train"):
