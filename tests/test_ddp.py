@@ -48,11 +48,12 @@ def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
 
 
 @pytest.mark.slow  # ~2 min: 60 DDP steps, so that the model finds people and a duplicate would count
-def test_ddp_pose_ap_drops_the_padded_duplicate_and_equals_single_process_eval(tmp_path, cache_dir):
-    """11 validation people on 2 ranks: DistributedSampler pads to 12, repeating one person.
+def test_ddp_pose_ap_on_an_odd_split_equals_single_process_eval(tmp_path, cache_dir):
+    """11 validation people on 2 ranks (6 + 5: hrexp's evaluation sampler repeats nobody; Lightning's
+    default would pad to 12, and the metric would then drop the repeat by index).
 
     OKS NMS is off so that a repeated prediction would count (as a false positive): the logged
-    val/AP must still equal one process scoring the 11 people.
+    val/AP must equal one process scoring the 11 people.
     """
     from tests.helpers import shared_path
 
