@@ -92,3 +92,34 @@ class CrashOnTrainStart(pl.Callback):
     def on_train_start(self, trainer, pl_module) -> None:
         if self.crash:
             raise RuntimeError("deliberate crash (tests.fit_helpers.CrashOnTrainStart)")
+
+
+class FailingCheckpointIO:
+    """Factory of an AtomicCheckpointIO whose ``fail_at``-th write (1-based) fails half-way.
+
+    ``how="disk_full"`` raises ENOSPC as a full disk does; ``how="kill"`` SIGKILLs the process
+    mid-write (a pre-empted job). Configurable from a script run:
+    ``'trainer.plugins=[{_target_:tests.fit_helpers.FailingCheckpointIO,fail_at:4,how:kill}]'``.
+    """
+
+    def __new__(cls, fail_at: int, how: str = "disk_full"):
+        import errno
+        import os
+        import signal
+
+        from hrexp.training.checkpoint_io import AtomicCheckpointIO
+
+        class _Failing(AtomicCheckpointIO):
+            writes = 0
+
+            def write(self, checkpoint, fh) -> None:
+                type(self).writes += 1
+                if type(self).writes < fail_at:
+                    return super().write(checkpoint, fh)
+                fh.write(b"PK\x03\x04 half a checkpoint")  # the start of a zip, as torch.save writes
+                fh.flush()
+                if how == "kill":
+                    os.kill(os.getpid(), signal.SIGKILL)
+                raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+        return _Failing()

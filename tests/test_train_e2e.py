@@ -46,6 +46,12 @@ def test_training_writes_both_best_checkpoints_and_last(trained_run):
     # Checkpoints load without unpickling arbitrary objects, and carry the run config.
     ckpt = torch.load(run_dir / "checkpoints" / mre_ckpts[0], map_location="cpu", weights_only=True)
     assert ckpt["hrexp"]["config"]["choices"]["model"] == "hrnet_w32"
+    # The best files keep weights and config (a third of last.ckpt, which keeps AdamW's two moments).
+    assert ckpt["hrexp"]["contents"] == "weights" and "optimizer_states" not in ckpt
+    last = torch.load(run_dir / "checkpoints" / "last.ckpt", map_location="cpu", weights_only=True)
+    assert len(last["optimizer_states"]) == 1 and "contents" not in last["hrexp"]
+    sizes = {n: (run_dir / "checkpoints" / n).stat().st_size for n in ckpts}
+    assert sizes[mre_ckpts[0]] < 0.36 * sizes["last.ckpt"], sizes
 
 
 def test_run_record_and_config_are_saved(trained_run):
