@@ -123,3 +123,22 @@ class FailingCheckpointIO:
                 raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
         return _Failing()
+
+
+class NanAtStep(pl.Callback):
+    """Makes the first image of the batch at optimizer step ``step`` NaN (a corrupt sample), and keeps a
+    copy of the weights and optimizer step counts just before and just after that batch."""
+
+    def __init__(self, step: int):
+        self.step = step
+        self.before: dict[str, torch.Tensor] | None = None
+        self.after: dict[str, torch.Tensor] | None = None
+
+    def on_train_batch_start(self, trainer, pl_module, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            batch["image"][0] = float("nan")
+            self.before = snapshot(pl_module)
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if self.before is not None and self.after is None:
+            self.after = snapshot(pl_module)

@@ -117,6 +117,8 @@ class RunRecord:
     # data.batch_size is per process: this is batch_size x processes x accumulate_grad_batches.
     global_batch_size: int | None = None
     train_time_s: float | None = None
+    # Optimizer steps skipped for a NaN/inf training loss (nonfinite_loss=skip).
+    skipped_batches: int = 0
     param_groups: list[dict[str, Any]] = field(default_factory=list)
     best: dict[str, Best] = field(default_factory=dict)
     checkpoints: dict[str, CheckpointInfo] = field(default_factory=dict)

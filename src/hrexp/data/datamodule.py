@@ -119,6 +119,10 @@ class HRExpDataModule(LightningDataModule):
         """The loader's collate function for ``split``; None: torch's default collate."""
         return None
 
+    def sample_name(self, split: str, index: int) -> str:
+        """What a message calls sample ``index`` of ``split`` (a family names the file and row)."""
+        return f"{split} sample {index}"
+
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:
         """Reads, checks and splits the data once (later calls are no-ops), then builds the datasets.

@@ -78,6 +78,8 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         param_groups=param_groups,
         run_config={**OmegaConf.to_container(cfg, resolve=True), "choices": picked},
         dataset_meta=datamodule.dataset_meta,
+        # Configs stored by earlier runs have no such key: they stopped on a non-finite loss too.
+        nonfinite_loss=cfg.get("nonfinite_loss", "stop"),
     )
 
 

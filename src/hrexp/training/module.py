@@ -40,6 +40,9 @@ class HRExpModule(pl.LightningModule):
             norms and biases); ``None`` for the defaults.
         dataset_meta: what the data told the task (keypoint names, classes), stored in every
             checkpoint so that eval can say what a checkpoint was trained for.
+        nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step and the batch's
+            samples; the checkpoints written so far stay) or is ``skip``ped (no weight update for that
+            optimizer step, counted in ``train/skipped_batches``).
     """
 
     def __init__(
@@ -51,8 +54,16 @@ class HRExpModule(pl.LightningModule):
         run_config: Mapping[str, Any] | None = None,
         param_groups: ParamGroupRules | None = None,
         dataset_meta: Mapping[str, Any] | None = None,
+        nonfinite_loss: str = "stop",
     ):
         super().__init__()
+        if nonfinite_loss not in ("stop", "skip"):
+            raise ValueError(f"nonfinite_loss={nonfinite_loss!r}: expected 'stop' or 'skip'")
+        self.nonfinite_loss = nonfinite_loss
+        # Batches whose loss was NaN/inf and that did not update the weights (nonfinite_loss=skip).
+        self.skipped_batches = 0
+        self._skip_step = False
+        self._saved_buffers: list[torch.Tensor] | None = None
         self.backbone = backbone
         self.task = task
         self.optimizer_factory = optimizer
@@ -97,10 +108,54 @@ class HRExpModule(pl.LightningModule):
 
     # --- loops -------------------------------------------------------------------------------
     def training_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> torch.Tensor:
+        if self.nonfinite_loss == "skip" and self._saved_buffers is None:
+            # A skipped step must not leave its mark on the BatchNorm statistics either: keep a copy of
+            # the buffers (a few hundred kB for HRNet-W32) from the start of the optimizer step.
+            self._saved_buffers = [b.detach().clone() for b in self.buffers()]
         outputs = self(batch["image"])
         loss = self.task.loss(outputs, batch)
+        if self._nonfinite(loss):
+            self._on_nonfinite_loss(loss, batch, batch_idx)
         self.log("train/loss", loss, on_step=True, on_epoch=True, prog_bar=True, batch_size=batch["image"].shape[0])
         return loss
+
+    def _nonfinite(self, loss: torch.Tensor) -> bool:
+        bad = not bool(torch.isfinite(loss.detach()))
+        # Under DDP every rank must take the same decision (one stops or skips, all do).
+        return self.trainer.strategy.reduce_boolean_decision(bad, all=False) if self.trainer.world_size > 1 else bad
+
+    def _on_nonfinite_loss(self, loss: torch.Tensor, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
+        datamodule = self.trainer.datamodule
+        indices = [int(i) for i in batch["index"]] if "index" in batch else []
+        names = [datamodule.sample_name("train", i) if datamodule is not None else f"train sample {i}" for i in indices]
+        where = (f"training loss {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}, batch "
+                 f"{batch_idx}); its samples: {'; '.join(names) or 'unknown'}")
+        if self.nonfinite_loss == "stop":
+            raise FloatingPointError(
+                f"{where}. The checkpoints written so far are kept; resume from last.ckpt, or set "
+                "nonfinite_loss=skip to skip such batches"
+            )
+        self._skip_step = True
+        self.skipped_batches += 1
+        log.warning("skipped (nonfinite_loss=skip, %d so far): %s", self.skipped_batches, where)
+
+    def optimizer_step(self, epoch: int, batch_idx: int, optimizer: Any, optimizer_closure: Callable | None = None) -> None:
+        # With nonfinite_loss=skip the closure (forward + backward, gradients all-reduced under DDP) runs
+        # first, so that a step whose batch had a NaN/inf loss can leave the weights and the optimizer
+        # state untouched. (16-mixed: its GradScaler already skips steps with non-finite gradients.)
+        if self.nonfinite_loss != "skip":
+            return super().optimizer_step(epoch, batch_idx, optimizer, optimizer_closure)
+        optimizer_closure()
+        if self._skip_step:
+            optimizer.zero_grad(set_to_none=True)
+            with torch.no_grad():  # after the backward, which still needed the buffers as they were
+                for buffer, saved in zip(self.buffers(), self._saved_buffers):
+                    buffer.copy_(saved)
+            self._skip_step = False
+        else:
+            optimizer.step()
+        self._saved_buffers = None
+        self.log("train/skipped_batches", float(self.skipped_batches), on_step=True, on_epoch=False)
 
     def _eval_epoch_start(self, stage: str) -> None:
         # A task scored against a whole-split ground truth (pose: COCO annotations) gets the dataset
@@ -186,5 +241,10 @@ class HRExpModule(pl.LightningModule):
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # Callbacks write first (the EMA callback records that state_dict holds averaged weights).
         info = checkpoint.setdefault("hrexp", {})
-        info.update(config=self.run_config, dataset_meta=self.dataset_meta, format=2)
+        info.update(config=self.run_config, dataset_meta=self.dataset_meta, format=2,
+                    skipped_batches=self.skipped_batches)
         info.setdefault("weights", {"kind": "raw"})
+
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        # A resumed run keeps counting the batches it skipped before.
+        self.skipped_batches = int(checkpoint.get("hrexp", {}).get("skipped_batches", 0))

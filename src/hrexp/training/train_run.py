@@ -163,6 +163,7 @@ def train(cfg: DictConfig) -> RunRecord:
         trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
     record.train_time_s = time.time() - t0
     record.param_groups = module.param_group_summary
+    record.skipped_batches = module.skipped_batches
     logged = set(trainer.callback_metrics)
 
     best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)

@@ -134,6 +134,10 @@ class LandmarkDataModule(HRExpDataModule):
         """The network input ``(height, width)`` (``data.image_size``)."""
         return self.image_size
 
+    def sample_name(self, split: str, index: int) -> str:
+        record = self.splits[split].records[index]
+        return f"{record.image_path} ({record.source})"
+
     @property
     def dataset_meta(self) -> dict:
         """What a task needs to know about the data: landmark count, names and flip pairs."""

@@ -166,6 +166,10 @@ class PoseDataModule(HRExpDataModule):
         """The crop size ``(height, width)`` the network sees (``data.image_size``)."""
         return self.image_size
 
+    def sample_name(self, split: str, index: int) -> str:
+        instance = self.splits[split].instances[index]
+        return f"{instance.image_path} ({instance.source or f'image id {instance.image_id}'})"
+
 
 class CocoPoseDataModule(PoseDataModule):
     """Person keypoints from COCO keypoints files (one per split).

@@ -186,6 +186,10 @@ class SegDataModule(HRExpDataModule):
         """The training crop ``(height, width)`` (``data.crop_size``); evaluation sees whole images."""
         return self.crop_size
 
+    def sample_name(self, split: str, index: int) -> str:
+        pair_id, image_path, mask_path = self.splits[split].pairs[index]
+        return f"{image_path} + {mask_path.name} (pair {pair_id!r})"
+
     @property
     def dataset_meta(self) -> dict:
         """What a task needs to know about the data: ``num_classes``, ``class_names``, ``ignore_index``."""
