@@ -106,6 +106,8 @@ def iter_wandb_records(path: str | Path) -> Iterator[Any]:
         _crc, length, kind = struct.unpack("<IHB", data[pos:pos + _HEADER])
         if kind == 0 and length == 0:  # zeroed tail (pre-allocated or not yet written)
             return
+        if pos + _HEADER + length > len(data):  # a chunk still being written: the file ends before it
+            return
         chunk = data[pos + _HEADER:pos + _HEADER + length]
         pos += _HEADER + length
         if kind == _FULL:
@@ -163,14 +165,30 @@ class OfflineRun:
         return [row[key] for row in self.history if key in row]
 
 
-def read_offline_run(run_dir: str | Path) -> OfflineRun:
+def read_offline_run(run_dir: str | Path, wait_s: float = 30.0) -> OfflineRun:
     """Read an offline run folder (``.../wandb/offline-run-<time>-<id>``) without any network.
 
     The summary is what the W&B UI would show: the last logged value of every key, plus values set
     on ``run.summary``. Config values are the ones last set (``wandb.config`` updates applied in
     order). Values are JSON-decoded; nested keys give nested dicts.
+
+    wandb's core process may still be writing the file after ``run.finish()`` returns (its last
+    block reached the disk up to a second later, seen here). A finished run ends with an ``exit``
+    record: the reader waits up to ``wait_s`` seconds for it, then reads what is there (a run still
+    going, or killed, has none).
     """
+    import time
+
     run_dir = Path(run_dir)
+    deadline = time.monotonic() + wait_s
+    while True:
+        run = _read_offline_run_once(run_dir)
+        if run.exit_code is not None or time.monotonic() >= deadline:
+            return run
+        time.sleep(0.2)
+
+
+def _read_offline_run_once(run_dir: Path) -> OfflineRun:
     files = sorted(run_dir.glob("*.wandb"))
     if not files:
         raise FileNotFoundError(f"{run_dir}: no .wandb data file (not a W&B run folder?)")
