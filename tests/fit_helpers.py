@@ -142,3 +142,20 @@ class NanAtStep(pl.Callback):
     def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
         if self.before is not None and self.after is None:
             self.after = snapshot(pl_module)
+
+
+class SignalAtStep(pl.Callback):
+    """Sends ``signal`` (a name: SIGKILL, SIGTERM) to this process once optimizer step ``step`` is done:
+    a job killed or pre-empted mid-epoch. Configurable from a script run
+    (``+callbacks.stop._target_=tests.fit_helpers.SignalAtStep``)."""
+
+    def __init__(self, step: int, signal: str = "SIGKILL"):
+        self.step = step
+        self.signal = signal
+
+    def on_train_batch_end(self, trainer, pl_module, outputs, batch, batch_idx) -> None:
+        if trainer.global_step == self.step:
+            import os
+            import signal
+
+            os.kill(os.getpid(), getattr(signal, self.signal))

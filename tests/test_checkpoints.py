@@ -62,6 +62,7 @@ def test_a_full_disk_mid_run_stops_it_saying_so_and_keeps_the_earlier_checkpoint
     assert record["status"] == "failed" and "could not write checkpoint" in record["error"]
 
 
+@pytest.mark.slow  # ~20 s: two script runs
 def test_a_kill_mid_write_leaves_loadable_checkpoints_and_the_run_resumes(tmp_path, cache_dir):
     from tests.helpers import TINY
 

@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from torch.utils.data import RandomSampler, SequentialSampler
+from torch.utils.data import SequentialSampler
 
 from hrexp.data.errors import DataError
 from hrexp.data.landmarks.datamodule import (
@@ -22,6 +22,7 @@ from hrexp.data.landmarks.datamodule import (
 )
 from hrexp.data.splits import split_indices
 from hrexp.startup import CONFIG_DIR
+from hrexp.data.sampling import TrainSampler
 from tests.helpers import SHARED_DATA as SHARED, seed_all, write_image
 
 AASCE = SHARED / "spine_aasce"
@@ -60,7 +61,7 @@ def test_batch_contract(synthetic_dm):
     assert (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (17, 3, 4)
     assert dm.test_split_name == "test"
     loader = dm.train_dataloader()
-    assert isinstance(loader.sampler, RandomSampler) and loader.drop_last is False
+    assert isinstance(loader.sampler, TrainSampler) and loader.drop_last is False
     assert isinstance(dm.val_dataloader().sampler, SequentialSampler)
     assert isinstance(dm.test_dataloader().sampler, SequentialSampler)
     batch = next(iter(loader))

@@ -267,7 +267,7 @@ def write_json(path: str | Path, data: Mapping[str, Any]) -> Path:
     """Write JSON atomically (temp file + rename), so a crash never leaves half a file."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp = path.with_suffix(path.suffix + f".tmp-{os.getpid()}")  # two writers never share a temp file
     tmp.write_text(json.dumps(_plain(data), indent=2, sort_keys=False) + "\n")
     os.replace(tmp, path)
     return path

@@ -33,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from hrexp.data import images, paths
 from hrexp.data.errors import DataError
 from hrexp.data.loaders import eval_sampler, make_loader
+from hrexp.data.sampling import TrainSampler
 from hrexp.data.splits import split_indices, split_three
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,7 @@ class HRExpDataModule(LightningDataModule):
         self.test_split_name = "test"
         self.datasets: dict[str, Dataset] = {}
         self._splits: dict[str, Any] | None = None
+        self._resume_position: dict[str, int] | None = None
 
     # ------------------------------------------------------------------ the format's hook
     def read_splits(self) -> dict[str, Any]:
@@ -186,16 +188,48 @@ class HRExpDataModule(LightningDataModule):
         self.splits  # noqa: B018 (raises before setup)
         train = split == "train"
         dataset = self.datasets[split]
+        if train:
+            # Order and augmentation from (seed, epoch, sample); a resumed run continues mid-epoch exactly.
+            sampler = TrainSampler(dataset, self.batch_size, position=self._train_position)
+        else:
+            # Under DDP each evaluation sample on exactly one process: metrics count no padding twice.
+            sampler = eval_sampler(dataset)
         return make_loader(
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
-            shuffle=train,
+            shuffle=False,
             num_workers=self.num_workers,
             pin_memory=self.pin_memory,
             collate_fn=self.collate_fn(split),
-            # Under DDP each evaluation sample on exactly one process: metrics count no padding twice.
-            sampler=None if train else eval_sampler(dataset),
+            sampler=sampler,
         )
+
+    # ------------------------------------------------------------------ resuming mid-epoch
+    def state_dict(self) -> dict[str, Any]:
+        """Where training stands, saved by Lightning in every checkpoint: the epoch, the batches of it
+        already trained on and the epoch's length (so a resumed run's sampler skips exactly those)."""
+        trainer = self.trainer
+        if trainer is None or trainer.state.fn != "fit":  # validation inside fit counts (epoch-end saves)
+            return {}
+        done = int(trainer.fit_loop.epoch_loop.batch_progress.current.processed)
+        return {"train_position": {"epoch": int(trainer.current_epoch), "batches": done,
+                                   "epoch_batches": trainer.num_training_batches}}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        self._resume_position = state_dict.get("train_position")
+
+    def _train_position(self) -> tuple[int, int]:
+        """``(epoch, batches to skip)`` for the training iteration that is starting.
+
+        Right after a resume the checkpoint says (Lightning creates that iterator before it sets the
+        sampler's epoch); otherwise it is the trainer's current epoch from its start.
+        """
+        position, self._resume_position = self._resume_position, None
+        if position is not None:
+            if position["batches"] >= position["epoch_batches"]:  # saved at the end of an epoch
+                return position["epoch"] + 1, 0
+            return position["epoch"], position["batches"]
+        return (int(self.trainer.current_epoch) if self.trainer is not None else 0), 0
 
     def train_dataloader(self) -> DataLoader:
         return self.dataloader("train")

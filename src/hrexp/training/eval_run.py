@@ -16,6 +16,7 @@ import rich
 import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
+from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, OmegaConf
 
 from hrexp.run_record import write_json
@@ -119,7 +120,9 @@ class SplitAsTest(pl.LightningDataModule):
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
     """Evaluate ``cfg.ckpt_path``; write the task's tables and ``summary.json`` to the run folder."""
     out_dir = Path(cfg.paths.output_dir)
-    print_and_save_config(cfg, out_dir)
+    # Under DDP (trainer=ddp_cpu / ddp) every rank runs this; only rank 0 writes the run folder.
+    if rank_zero_only.rank == 0:
+        print_and_save_config(cfg, out_dir)
     seed_run(cfg.get("seed"))
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r}: expected 'test' or 'val'")
@@ -138,9 +141,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     results = trainer.test(module, datamodule=SplitAsTest(datamodule, cfg.split), verbose=True)
     metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
 
-    tables = {}
-    for name, rows in module.eval_tables.items():
-        tables[name] = str(write_table_csv(out_dir / f"{name}.csv", rows))
+    tables = {name: str(out_dir / f"{name}.csv") for name in module.eval_tables}
     summary = {
         "checkpoint": str(Path(cfg.ckpt_path).resolve()),
         "split": split,
@@ -153,7 +154,10 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                          if (mode := module.task.metric_mode(name.replace(f"{split}/", "test/", 1))) is not None},
         "tables": tables,
     }
-    write_json(out_dir / "summary.json", summary)
+    if trainer.is_global_zero:
+        for name, rows in module.eval_tables.items():
+            write_table_csv(Path(tables[name]), rows)
+        write_json(out_dir / "summary.json", summary)
     return summary
 
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import csv
 import json
 import logging
 import netrc
@@ -11,7 +12,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Iterator
 
+from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
+from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningCSVWriter
 
 log = logging.getLogger(__name__)
 
@@ -27,6 +30,41 @@ def wandb_api_key_configured() -> bool:
         return False
     base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
     return base in hosts
+
+
+class _AppendingCSVWriter(_LightningCSVWriter):
+    """Lightning's CSV writer, except that an existing ``metrics.csv`` is continued, never deleted."""
+
+    def _check_log_dir_exists(self) -> None:
+        # Lightning deletes the file of a reused log folder. A run resumed into its own folder must
+        # continue its log (and a reused folder must lose nothing): keep it, and its columns.
+        if self._fs.isfile(self.metrics_file_path):
+            with self._fs.open(self.metrics_file_path, "r", newline="") as fh:
+                self.metrics_keys = list(next(csv.reader(fh), []))
+            log.info("continuing %s", self.metrics_file_path)
+
+
+class CSVLogger(_LightningCSVLogger):
+    """Lightning's CSVLogger that appends to the run folder's ``metrics.csv`` when it exists.
+
+    A resumed run (``hydra.run.dir=<run> ckpt_path=last``) so keeps one log. Steps logged by the
+    interrupted run after its last checkpoint appear again; readers keep the later row of a step
+    (:func:`hrexp.reports.runs.read_metrics_csv`).
+    """
+
+    @property
+    def experiment(self) -> _AppendingCSVWriter:
+        if self._experiment is None:
+            self._fs.makedirs(self.root_dir, exist_ok=True)
+            self._experiment = _AppendingCSVWriter(log_dir=self.log_dir)
+        return self._experiment
+
+
+def previous_wandb_run_id(save_dir: str | Path) -> str | None:
+    """The id of the newest W&B run (online or offline) recorded under ``save_dir/wandb``, if any."""
+    folder = Path(save_dir) / "wandb"
+    runs = sorted((p for p in folder.glob("*run-*-*") if p.is_dir()), key=lambda p: p.stat().st_mtime)
+    return runs[-1].name.rsplit("-", 1)[-1] if runs else None
 
 
 class WandbLogger(_LightningWandbLogger):

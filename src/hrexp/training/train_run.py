@@ -14,12 +14,14 @@ import lightning.pytorch as pl
 import rich
 from hydra.utils import instantiate
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import SIGTERMException
 from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from hrexp.callbacks.best_metrics import BestMetrics
 from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
+from hrexp.training.resume import continue_wandb_run, resolve_ckpt_path
 from hrexp.training.build import (
     Callbacks,
     ConfigError,
@@ -70,6 +72,14 @@ def finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+def describe_error(err: BaseException, cfg: DictConfig) -> str:
+    """The record's one-line account of why a run stopped."""
+    if isinstance(err, SIGTERMException):
+        return (f"SIGTERM: the run was told to stop (pre-emption or a scheduler's kill); a resumable checkpoint was "
+                f"written: continue with hydra.run.dir={_output_dir(cfg)} ckpt_path=last")
+    return f"{type(err).__name__}: {err}"
+
+
 def run_job(cfg: DictConfig) -> float | None:
     """The body of ``train.py``: train and return the value a sweeper optimises.
 
@@ -80,13 +90,17 @@ def run_job(cfg: DictConfig) -> float | None:
     """
     try:
         record = train(cfg)
-    except Exception as err:
-        log.error("run failed: %s", err, exc_info=True)
+    except (Exception, SIGTERMException) as err:  # SIGTERMException is a SystemExit: named here
+        log.error("run failed: %s", describe_error(err, cfg), exc_info=True)
         if rank_zero_only.rank == 0:
             record = _record_header(cfg, "failed")
-            record.error, record.traceback = f"{type(err).__name__}: {err}", traceback.format_exc()
+            record.error, record.traceback = describe_error(err, cfg), traceback.format_exc()
             write_record(_output_dir(cfg), record)
         finish_wandb(exit_code=1)
+        if isinstance(err, SIGTERMException):
+            # A pre-empted job (a sweep too) stops, resumable, with the shell's code for SIGTERM: Lightning's
+            # exception is a SystemExit without a code, which would exit 0.
+            raise SIGTERMException(128 + 15) from err
         if in_multirun():
             return math.nan
         raise
@@ -137,6 +151,9 @@ def _metric_modes(task: Any, names: Sequence[str]) -> dict[str, str]:
 def train(cfg: DictConfig) -> RunRecord:
     """Validate, build, train, test and record one run. Returns the run record."""
     out_dir = _output_dir(cfg)
+    ckpt_path = resolve_ckpt_path(cfg)
+    if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out_dir.resolve()):
+        continue_wandb_run(cfg)  # resuming in its own folder: the same W&B run
     if rank_zero_only.rank == 0:
         print_and_save_config(cfg, out_dir)
     datamodule, module, callbacks, loggers, trainer = build_run(cfg)
@@ -160,7 +177,7 @@ def train(cfg: DictConfig) -> RunRecord:
 
     t0 = time.time()
     if cfg.get("train"):
-        trainer.fit(module, datamodule=datamodule, ckpt_path=cfg.get("ckpt_path"), weights_only=True)
+        trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     record.train_time_s = time.time() - t0
     record.param_groups = module.param_group_summary
     record.skipped_batches = module.skipped_batches

@@ -11,6 +11,7 @@ from hrexp.data.errors import DataError
 from hrexp.data.images import load_image
 from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.data.transforms import LandmarkTransform
+from hrexp.data.sampling import sample_rng
 
 
 class LandmarkDataset(Dataset):
@@ -41,8 +42,8 @@ class LandmarkDataset(Dataset):
                 f"{record.image_path}: decoded size {image.shape[:2]} differs from the header size "
                 f"{tuple(record.size)} ({record.source})"
             )
-        sample = self.transform(image, record.keypoints, record.visible)
+        sample = self.transform(image, record.keypoints, record.visible, rng=sample_rng(index))
         spacing = math.nan if record.spacing is None else float(record.spacing)
         sample["spacing"] = torch.tensor(spacing, dtype=torch.float32)
-        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        sample["index"] = torch.tensor(int(index), dtype=torch.int64)
         return sample

@@ -11,6 +11,7 @@ from hrexp.data.errors import DataError
 from hrexp.data.images import load_image
 from hrexp.data.pose.reader import PoseSplit
 from hrexp.data.pose.topdown import TopDownTransform
+from hrexp.data.sampling import sample_rng
 
 
 class PoseDataset(Dataset):
@@ -46,8 +47,8 @@ class PoseDataset(Dataset):
                 f"{inst.image_path}: decoded size {image.shape[:2]} differs from the annotation file's "
                 f"(height, width) {tuple(inst.image_size)} ({inst.source})"
             )
-        sample = self.transform(image, inst.keypoints, inst.visible, inst.bbox)
+        sample = self.transform(image, inst.keypoints, inst.visible, inst.bbox, rng=sample_rng(index))
         sample["image_id"] = torch.tensor(int(inst.image_id), dtype=torch.int64)
         sample["bbox_score"] = torch.tensor(inst.bbox_score, dtype=torch.float32)
-        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        sample["index"] = torch.tensor(int(index), dtype=torch.int64)
         return sample

@@ -10,6 +10,7 @@ from torch.utils.data import Dataset
 from hrexp.data.errors import DataError
 from hrexp.data.images import load_image
 from hrexp.data.segmentation.reader import MaskDecoder, Pair
+from hrexp.data.sampling import sample_rng
 
 
 class SegDataset(Dataset):
@@ -42,6 +43,6 @@ class SegDataset(Dataset):
                 f"{image_path} is {image.shape[:2]} (h, w) but its mask {mask_path} is {mask.shape}: "
                 f"expected the same size"
             )
-        sample = self.transform(image, mask)
-        sample["index"] = torch.tensor(index, dtype=torch.int64)
+        sample = self.transform(image, mask, rng=sample_rng(index))
+        sample["index"] = torch.tensor(int(index), dtype=torch.int64)
         return sample

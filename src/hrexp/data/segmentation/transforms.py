@@ -239,8 +239,9 @@ class SegEvalTransform:
         # The long side is exactly max_size; the short one is rounded.
         return (self.max_size, max(1, round(w * s))) if h >= w else (max(1, round(h * s)), self.max_size)
 
-    def __call__(self, image: np.ndarray, mask: np.ndarray) -> dict[str, torch.Tensor]:
-        """Transforms one sample.
+    def __call__(self, image: np.ndarray, mask: np.ndarray,
+                 rng: np.random.Generator | None = None) -> dict[str, torch.Tensor]:
+        """Transforms one sample (``rng`` is accepted like the training transform's; nothing is random here).
 
         Returns:
             ``image`` float32 ``[3, h, w]`` normalised, ``mask`` int64 ``[H, W]`` at the original
