@@ -8,7 +8,7 @@ import json
 import pytest
 
 from hrexp.startup import CONFIG_DIR
-from tests.helpers import TINY, run_script
+from tests.helpers import ROOT, TINY, run_script
 
 
 def _val_rows(job) -> list[dict[str, str]]:
@@ -165,3 +165,62 @@ def test_a_job_that_crashes_mid_run_still_closes_its_wandb_run(tmp_path, cache_d
     runs = [read_offline_run(next((sweep / str(i) / "wandb").glob("offline-run-*"))) for i in (0, 1)]
     assert [r.exit_code for r in runs] == [1, 0]
     assert runs[0].group == runs[1].group != ""
+
+
+@pytest.mark.slow  # ~45 s: 2 trials train, 2 fail at build time
+def test_failed_optuna_trials_are_recorded_as_failed_and_the_study_goes_on(tmp_path, cache_dir):
+    """Grid over (landmark count checked against the data) x (a NaN batch at step 1 or never): one trial
+    finishes, one fails mid-fit (non-finite loss), two fail at build time (41 landmarks asked, 40 given)."""
+    import optuna
+    import yaml
+
+    sweep = tmp_path / "optuna_failures"
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    proc = run_script("train.py", [
+        "--config-dir", str(ROOT / "tests" / "sweep_conf"), *SMALL_JOB, "hparams_search=failing_grid",
+        f"+hydra.sweeper.storage={storage}", f"hydra.sweep.dir={sweep}"], cache_dir)
+    assert proc.returncode == 0
+    jobs = _jobs(sweep)
+    assert sorted(jobs) == [0, 1, 2, 3]
+    errors = sorted(jobs[i].get("error") or "" for i in jobs)
+    assert [j["status"] for j in jobs.values()].count("finished") == 1
+    assert sum("num_keypoints" in e or "41" in e for e in errors) == 2 and sum("training loss nan" in e for e in errors) == 1
+    study = optuna.load_study(study_name="failures", storage=storage)
+    states = sorted(t.state.name for t in study.trials)
+    assert states == ["COMPLETE", "FAIL", "FAIL", "FAIL"]
+    finished = next(j for j in jobs.values() if j["status"] == "finished")
+    result = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert result["best_value"] == pytest.approx(finished["best"]["val/mre"]["value"], rel=1e-9)
+    assert (sweep / "comparison.md").is_file() and json.loads((sweep / "sweep_status.json").read_text())["failed"]
+
+
+@pytest.mark.slow  # ~30 s: 3 trials over two commands
+def test_an_optuna_study_stopped_after_two_trials_continues_from_its_storage(tmp_path, cache_dir):
+    import optuna
+
+    storage = f"sqlite:///{tmp_path / 'study.db'}"
+    common = [*SMALL_JOB, "hparams_search=landmarks_optuna", f"hydra.sweeper.storage={storage}",
+              "hydra.sweeper.study_name=continued"]
+    run_script("train.py", [*common, "hydra.sweeper.n_trials=2", f"hydra.sweep.dir={tmp_path / 'first'}"], cache_dir)
+    assert len(optuna.load_study(study_name="continued", storage=storage).trials) == 2
+    run_script("train.py", [*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}"], cache_dir)
+    study = optuna.load_study(study_name="continued", storage=storage)
+    assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
+    # the third trial's job is the second command's only job, with the parameters the study asked for
+    third = json.loads((tmp_path / "second" / "0" / "results.json").read_text())
+    assert third["status"] == "finished"
+
+
+@pytest.mark.slow  # ~25 s
+def test_a_job_failing_before_training_still_appears_in_wandb_as_failed(tmp_path, cache_dir):
+    from hrexp.training.loggers import read_offline_run
+
+    sweep = tmp_path / "early"
+    run_script("train.py", ["-m", *SMALL_JOB, "logger=wandb", "data.num_keypoints=40,41", f"hydra.sweep.dir={sweep}"],
+               cache_dir)
+    jobs = _jobs(sweep)
+    assert [jobs[i]["status"] for i in (0, 1)] == ["finished", "failed"]
+    runs = [read_offline_run(next((sweep / str(i) / "wandb").glob("offline-run-*"))) for i in (0, 1)]
+    assert [r.exit_code for r in runs] == [0, 1]
+    assert runs[0].group == runs[1].group != "" and runs[1].job_type == "landmarks"
+    assert runs[1].summary["error"] == jobs[1]["error"] and "41" in runs[1].summary["error"]

@@ -72,6 +72,22 @@ def finish_wandb(exit_code: int) -> None:
         wandb.finish(exit_code=exit_code)
 
 
+def open_failed_wandb_run(cfg: DictConfig, error: str) -> None:
+    """A job that failed before its W&B run started (bad config or data) still gets one, in the sweep's
+    group, with the error in its summary, so W&B shows every job of a sweep; :func:`finish_wandb`
+    then closes it as failed."""
+    wandb_cfg = (cfg.get("logger") or {}).get("wandb")
+    module = sys.modules.get("wandb")
+    if wandb_cfg is None or (module is not None and getattr(module, "run", None) is not None):
+        return
+    try:
+        logger = instantiate(wandb_cfg, log_model=False)
+        logger.experiment.summary["error"] = error
+        logger.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True)})
+    except Exception as exc:  # the job already failed: say why W&B could not record it, do not mask the error
+        log.warning("could not open a W&B run for the failed job: %s", exc)
+
+
 def describe_error(err: BaseException, cfg: DictConfig) -> str:
     """The record's one-line account of why a run stopped."""
     if isinstance(err, SIGTERMException):
@@ -96,6 +112,7 @@ def run_job(cfg: DictConfig) -> float | None:
             record = _record_header(cfg, "failed")
             record.error, record.traceback = describe_error(err, cfg), traceback.format_exc()
             write_record(_output_dir(cfg), record)
+            open_failed_wandb_run(cfg, record.error)
         finish_wandb(exit_code=1)
         if isinstance(err, SIGTERMException):
             # A pre-empted job (a sweep too) stops, resumable, with the shell's code for SIGTERM: Lightning's
