@@ -66,7 +66,7 @@ class GaussianHeatmapCodec:
 
     def __init__(self, sigma: float = 2.0, refine: str = "dark", blur_kernel: int | None = None):
         if not sigma > 0:
-            raise ValueError(f"sigma must be > 0 (heatmap pixels), got {sigma!r}")
+            raise ValueError(f"codec sigma={sigma!r} (task.codec.sigma): expected > 0, in heatmap pixels (e.g. 2.0)")
         if refine not in REFINE_OPTIONS:
             raise ValueError(f"refine={refine!r} is not supported; choose one of {REFINE_OPTIONS}")
         if blur_kernel is not None:

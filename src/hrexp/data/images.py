@@ -47,13 +47,28 @@ def load_image(path: str | Path) -> np.ndarray:
     raise DataError(f"{path}: unsupported pixel type {image.dtype}")
 
 
+# A JPEG ends with the EOI marker, a PNG with its IEND chunk: a file cut short (an interrupted copy)
+# lacks them. OpenCV would decode such a file without an error, grey below the cut.
+_END_MARKERS = {"JPEG": b"\xff\xd9", "PNG": b"IEND\xaeB`\x82"}
+_TAIL_BYTES = 4096  # some writers append padding or metadata after the marker
+
+
 def read_image_size(path: Path) -> tuple[int, int]:
-    """Reads ``(height, width)`` from the image header only (no pixel decoding).
+    """Reads ``(height, width)`` from the image header (no pixel decoding), after checking that a
+    JPEG or PNG file is whole (its end marker is there).
 
     Raises:
         FileNotFoundError: The file does not exist.
-        OSError / UnidentifiedImageError: The file is not a readable image.
+        OSError / UnidentifiedImageError: The file is not a readable image, or is truncated (the
+            message says so).
     """
     with Image.open(path) as image:
         width, height = image.size
+        marker = _END_MARKERS.get(image.format or "")
+    if marker is not None:
+        with open(path, "rb") as fh:
+            fh.seek(max(0, Path(path).stat().st_size - _TAIL_BYTES))
+            if marker not in fh.read():
+                raise OSError(f"the {Image.registered_extensions().get(Path(path).suffix.lower(), 'image')} file is "
+                              f"truncated (no end marker): the file was cut short")
     return int(height), int(width)

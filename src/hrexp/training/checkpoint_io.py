@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import logging
 import os
+import pickle
+import zipfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Mapping
 
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
@@ -27,6 +29,47 @@ RESUME_ONLY_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "MixedPrec
 
 class CheckpointWriteError(RuntimeError):
     """A checkpoint could not be written; the message names the file and says the old one is intact."""
+
+
+class CheckpointReadError(ValueError):
+    """A file given as a checkpoint that is none, or that hrexp refuses to load; the message says which."""
+
+
+def read_checkpoint(path: str | Path, option: str = "ckpt_path", mmap: bool = False) -> dict[str, Any]:
+    """Load a checkpoint with ``weights_only=True``: tensors and plain data only, never arbitrary objects.
+
+    A pickle that carries code (a class or function to call on loading) is refused before anything
+    of it runs: ``torch.load(weights_only=True)`` unpickles with an allow-list.
+
+    Raises:
+        CheckpointReadError: No such file, a file that is not a PyTorch checkpoint (text, another
+            format), a truncated or corrupt one, or one refused for carrying objects; the message
+            names the option and the file.
+    """
+    path = Path(path)
+    where = f"{option}={str(path)!r}"
+    if not path.is_file():
+        raise CheckpointReadError(f"{where}: no such checkpoint file")
+    with open(path, "rb") as fh:
+        zip_like = fh.read(4) == b"PK\x03\x04"  # torch.save's format; cut short, it is no valid zip any more
+    try:
+        # mmap (no copy in memory) works for torch's zip format only; other files go to the unpickler,
+        # whose allow-list refuses objects, or which says what the file is not.
+        return torch.load(path, map_location="cpu", weights_only=True, mmap=mmap and zipfile.is_zipfile(path))
+    except pickle.UnpicklingError as exc:
+        text = str(exc)
+        if "Weights only load failed" in text or "Unsupported global" in text:
+            raise CheckpointReadError(
+                f"{where}: refused: the file holds pickled Python objects other than tensors and plain data, "
+                "which could run code when loaded; hrexp loads checkpoints with weights_only=True (only "
+                "checkpoints written by hrexp / Lightning load)"
+            ) from None
+        raise CheckpointReadError(f"{where}: not a PyTorch checkpoint ({text.splitlines()[0]})") from None
+    except Exception as exc:  # torch raises RuntimeError, EOFError, IndexError, ... on files it cannot parse
+        first = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        if zip_like:
+            raise CheckpointReadError(f"{where}: not a complete PyTorch checkpoint (truncated or corrupt: {first})") from None
+        raise CheckpointReadError(f"{where}: not a PyTorch checkpoint (expected the file torch.save writes)") from None
 
 
 def weights_only(checkpoint: dict[str, Any]) -> dict[str, Any]:
@@ -106,3 +149,20 @@ def _sync_folder(folder: Path) -> None:
         pass
     finally:
         os.close(fd)
+
+
+def weight_mismatch(ckpt_state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> list[str]:
+    """Human-readable differences between a checkpoint's weights and a model's (shapes, missing, unexpected)."""
+    lines = []
+    for key in ckpt_state.keys() & model_state.keys():
+        a, b = tuple(ckpt_state[key].shape), tuple(model_state[key].shape)
+        if a != b:
+            lines.append(f"{key}: checkpoint {list(a)}, model {list(b)}")
+    missing = sorted(model_state.keys() - ckpt_state.keys())
+    unexpected = sorted(ckpt_state.keys() - model_state.keys())
+    if missing:
+        lines.append(f"{len(missing)} weights not in the checkpoint (e.g. {missing[0]})")
+    if unexpected:
+        lines.append(f"{len(unexpected)} checkpoint weights not in the model (e.g. {unexpected[0]})")
+    return sorted(lines)
+

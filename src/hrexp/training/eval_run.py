@@ -22,6 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 from hrexp.run_record import write_json
 from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
 from hrexp.training.checkpoint_config import upgrade_targets
+from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
 from hrexp.training.train_run import seed_run
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import runtime_choices
@@ -31,11 +32,8 @@ log = logging.getLogger(__name__)
 
 def load_checkpoint(path: str | Path) -> dict[str, Any]:
     """Load an hrexp checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"ckpt_path={str(path)!r}: no such checkpoint file")
-    ckpt = torch.load(path, map_location="cpu", weights_only=True)
-    if "hrexp" not in ckpt or "config" not in ckpt["hrexp"]:
+    ckpt = read_checkpoint(path)
+    if not isinstance(ckpt, dict) or "hrexp" not in ckpt or "config" not in ckpt["hrexp"]:
         raise ConfigError(f"ckpt_path={str(path)!r}: not an hrexp checkpoint (no stored run config)")
     return ckpt
 
@@ -60,22 +58,6 @@ def _describe_meta(meta: Mapping[str, Any]) -> str:
     """The counts of a dataset_meta (``num_keypoints=40``, ``num_classes=2``): what a head's size follows."""
     counts = [f"{k}={v}" for k, v in meta.items() if k.startswith("num_") and isinstance(v, int)]
     return ", ".join(counts) or "no counts recorded"
-
-
-def weight_mismatch(ckpt_state: Mapping[str, torch.Tensor], model_state: Mapping[str, torch.Tensor]) -> list[str]:
-    """Human-readable differences between a checkpoint's weights and a model's (shapes, missing, unexpected)."""
-    lines = []
-    for key in ckpt_state.keys() & model_state.keys():
-        a, b = tuple(ckpt_state[key].shape), tuple(model_state[key].shape)
-        if a != b:
-            lines.append(f"{key}: checkpoint {list(a)}, model {list(b)}")
-    missing = sorted(model_state.keys() - ckpt_state.keys())
-    unexpected = sorted(ckpt_state.keys() - model_state.keys())
-    if missing:
-        lines.append(f"{len(missing)} weights not in the checkpoint (e.g. {missing[0]})")
-    if unexpected:
-        lines.append(f"{len(unexpected)} checkpoint weights not in the model (e.g. {unexpected[0]})")
-    return sorted(lines)
 
 
 def load_weights(module: torch.nn.Module, ckpt: dict[str, Any], run_cfg: DictConfig, ckpt_path: str,

@@ -12,10 +12,12 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
+from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
 from hrexp.training.build import ConfigError
+from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
 from hrexp.training.loggers import previous_wandb_run_id
 
 log = logging.getLogger(__name__)
@@ -63,3 +65,28 @@ def continue_wandb_run(cfg: DictConfig) -> None:
             wandb.id = run_id
             wandb.resume = "allow"
         log.info("continuing W&B run %s", run_id)
+
+
+def check_resumable(path: str, module: Any) -> None:
+    """Refuse, before training, a checkpoint this run cannot continue from.
+
+    Raises:
+        CheckpointReadError: Not a checkpoint, truncated, or refused (see :func:`read_checkpoint`).
+        ConfigError: A weights-only file (a best-* checkpoint), or one of another model or task.
+    """
+    ckpt = read_checkpoint(path, mmap=True)
+    if not isinstance(ckpt, dict) or "state_dict" not in ckpt:
+        raise ConfigError(f"ckpt_path={path!r}: not a Lightning checkpoint (no state_dict)")
+    if "optimizer_states" not in ckpt:
+        raise ConfigError(f"ckpt_path={path!r}: it holds weights only (a best-* checkpoint, keep=weights): nothing to "
+                          "resume from; resume from the run's last checkpoint (hydra.run.dir=<run> ckpt_path=last)")
+    problems = weight_mismatch(ckpt["state_dict"], module.state_dict())
+    if problems:
+        stored = (ckpt.get("hrexp") or {}).get("config", {}).get("choices", {})
+        now = module.run_config.get("choices", {})
+        raise ConfigError(
+            f"ckpt_path={path!r}: it is not a checkpoint of this run's model: it was trained as model="
+            f"{stored.get('model')} task={stored.get('task')} data={stored.get('data')}, this run is model="
+            f"{now.get('model')} task={now.get('task')} data={now.get('data')}. Differences: " + "; ".join(problems[:5])
+        )
+

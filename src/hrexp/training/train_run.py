@@ -21,7 +21,7 @@ from rich.table import Table
 from hrexp.callbacks.best_metrics import BestMetrics
 from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
-from hrexp.training.resume import continue_wandb_run, resolve_ckpt_path
+from hrexp.training.resume import check_resumable, continue_wandb_run, resolve_ckpt_path
 from hrexp.training.build import (
     Callbacks,
     ConfigError,
@@ -88,6 +88,26 @@ def open_failed_wandb_run(cfg: DictConfig, error: str) -> None:
         log.warning("could not open a W&B run for the failed job: %s", exc)
 
 
+class RunFolderInUse(ConfigError):
+    """The run folder holds another run's checkpoints and this run would overwrite them."""
+
+
+def check_run_folder(out_dir: Path, resuming: bool) -> None:
+    """A new run never writes over another run's checkpoints (``hydra.run.dir`` reused): refuse, saying so.
+
+    Raises:
+        RunFolderInUse: ``out_dir/checkpoints`` holds checkpoint files and this run does not resume them.
+    """
+    folder = out_dir / "checkpoints"
+    existing = sorted(p.name for p in folder.glob("*.ckpt")) if folder.is_dir() else []
+    if existing and not resuming:
+        raise RunFolderInUse(
+            f"hydra.run.dir={out_dir} already holds the checkpoints of another run ({', '.join(existing[:3])}"
+            f"{', ...' if len(existing) > 3 else ''}): a new run there would overwrite them; continue that run with "
+            "ckpt_path=last, or choose another folder"
+        )
+
+
 def describe_error(err: BaseException, cfg: DictConfig) -> str:
     """The record's one-line account of why a run stopped."""
     if isinstance(err, SIGTERMException):
@@ -108,7 +128,7 @@ def run_job(cfg: DictConfig) -> float | None:
         record = train(cfg)
     except (Exception, SIGTERMException) as err:  # SIGTERMException is a SystemExit: named here
         log.error("run failed: %s", describe_error(err, cfg), exc_info=True)
-        if rank_zero_only.rank == 0:
+        if rank_zero_only.rank == 0 and not isinstance(err, RunFolderInUse):  # that folder's record is not ours
             record = _record_header(cfg, "failed")
             record.error, record.traceback = describe_error(err, cfg), traceback.format_exc()
             write_record(_output_dir(cfg), record)
@@ -169,6 +189,7 @@ def train(cfg: DictConfig) -> RunRecord:
     """Validate, build, train, test and record one run. Returns the run record."""
     out_dir = _output_dir(cfg)
     ckpt_path = resolve_ckpt_path(cfg)
+    check_run_folder(out_dir, resuming=ckpt_path is not None)
     if ckpt_path is not None and Path(ckpt_path).resolve().is_relative_to(out_dir.resolve()):
         continue_wandb_run(cfg)  # resuming in its own folder: the same W&B run
     if rank_zero_only.rank == 0:
@@ -192,6 +213,8 @@ def train(cfg: DictConfig) -> RunRecord:
         lg.log_hyperparams({"config": OmegaConf.to_container(cfg, resolve=True), "params": record.params,
                             "global_batch_size": record.global_batch_size})
 
+    if ckpt_path is not None and cfg.get("train"):
+        check_resumable(ckpt_path, module)
     t0 = time.time()
     if cfg.get("train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)

@@ -119,6 +119,7 @@ def read_landmarks_csv(
 
     errors = ErrorCollector(source)
     records: list[LandmarkRecord] = []
+    first_row: dict[Path, str] = {}
     k = len(names)
     for row_number, row in enumerate(rows[1:], start=1):
         if not row or all(c.strip() == "" for c in row):
@@ -163,10 +164,16 @@ def read_landmarks_csv(
                 row_ok = False
             elif cell_spacing is not None:
                 spacing = cell_spacing
+        image_path = resolve_path(image_text, path.parent)
+        if image_path in first_row:  # one image, one row: a second one is a copy-paste slip or a merge
+            errors.add(where, f"image {image_text!r} is already listed in {first_row[image_path]}; expected one row per "
+                              "image")
+            row_ok = False
+        first_row.setdefault(image_path, where)
         if row_ok:
             records.append(
                 LandmarkRecord(
-                    image_path=resolve_path(image_text, path.parent),
+                    image_path=image_path,
                     keypoints=keypoints,
                     visible=visible,
                     spacing=spacing,

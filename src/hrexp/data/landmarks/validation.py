@@ -24,7 +24,7 @@ from PIL import UnidentifiedImageError
 
 from hrexp.data.errors import DataError, ErrorCollector
 from hrexp.data.images import read_image_size
-from hrexp.data.landmarks.records import LandmarkSet
+from hrexp.data.landmarks.records import LandmarkRecord, LandmarkSet
 
 
 def parse_coordinate(text: str | None) -> tuple[float | None, str | None]:
@@ -115,14 +115,38 @@ def validate_landmark_set(
             try:
                 size = read_image_size(path)
             except (UnidentifiedImageError, OSError, ValueError) as exc:
-                errors.add(where, f"image is not a readable image file: {path} ({exc.__class__.__name__})")
+                errors.add(where, f"image is not a readable image file: {path} ({exc.__class__.__name__}: {exc})")
                 continue
             if record.size is not None and tuple(record.size) != size:
                 errors.add(where, f"image {path} is {size} (h, w), the annotation says {tuple(record.size)}")
                 continue
             record.size = size
+            outside = _far_outside(record, landmark_set.names)
+            if outside:
+                errors.add(where, outside)
     errors.raise_if_any()
     return landmark_set
+
+
+# Landmarks a little outside the image happen (a corner cut off by the field of view); far outside,
+# the coordinates are wrong: swapped x/y, another unit, another image's size.
+OUTSIDE_MARGIN = 0.1  # of the image's side
+
+
+def _far_outside(record: LandmarkRecord, names: list[str]) -> str | None:
+    """A message for the visible landmarks more than 10 % of the image's side outside it, or None."""
+    h, w = record.size
+    xy = np.asarray(record.keypoints, dtype=np.float64)
+    vis = np.asarray(record.visible, dtype=bool) & np.isfinite(xy).all(axis=1)
+    low = np.array([-0.5 - OUTSIDE_MARGIN * w, -0.5 - OUTSIDE_MARGIN * h])
+    high = np.array([w - 0.5 + OUTSIDE_MARGIN * w, h - 0.5 + OUTSIDE_MARGIN * h])
+    bad = np.flatnonzero(vis & ((xy < low) | (xy > high)).any(axis=1))
+    if not len(bad):
+        return None
+    shown = ", ".join(f"{names[i]} at ({xy[i, 0]:.1f}, {xy[i, 1]:.1f})" for i in bad[:3])
+    return (f"{len(bad)} landmark(s) far outside the {w} x {h} (w x h) image: {shown}"
+            f"{', ...' if len(bad) > 3 else ''}; expected x in [0, {w}) and y in [0, {h}) (swapped x/y, another "
+            f"unit or another image?)")
 
 
 def check_same_landmarks(reference: LandmarkSet, other: LandmarkSet, split: str) -> None:
