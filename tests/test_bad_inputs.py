@@ -223,6 +223,15 @@ def pickle_with_code(tmp: Path) -> str:
     return message
 
 
+def torch_saved_pickle_with_code(tmp: Path) -> str:
+    """The same payload inside torch.save's zip format (what a tampered .ckpt would look like)."""
+    payload, evidence = tmp / "payload.ckpt", tmp / "pwned.txt"
+    torch.save({"state_dict": _WritesAFile(evidence)}, payload)
+    message = _train([f"ckpt_path={payload}"], tmp)
+    assert not evidence.exists(), "loading the checkpoint ran its code"
+    return message
+
+
 def checkpoint_of_another_model(tmp: Path) -> str:
     return _train([f"ckpt_path={_tiny_checkpoint(tmp, model='unet')}"], tmp)
 
@@ -274,6 +283,8 @@ CASES = [
     ("ckpt-text", "a text file as ckpt_path", text_as_checkpoint, "not a PyTorch checkpoint"),
     ("ckpt-truncated", "a checkpoint cut short", truncated_checkpoint, "not a complete PyTorch checkpoint"),
     ("ckpt-pickle-code", "a pickle carrying code as ckpt_path", pickle_with_code, "refused: the file holds pickled"),
+    ("ckpt-zip-pickle-code", "the same inside torch.save's zip format", torch_saved_pickle_with_code,
+     "refused: the file holds pickled"),
     ("ckpt-other-model", "another model's checkpoint to resume", checkpoint_of_another_model,
      "it is not a checkpoint of this run's model"),
     ("ckpt-weights-only", "a weights-only (best-*) checkpoint to resume", weights_only_checkpoint_to_resume,
