@@ -6,13 +6,14 @@ STAMP  := $(VENV)/.hrexp-installed
 # Two threads per process matches the 2-core reference machine; more only oversubscribes.
 export HF_HUB_OFFLINE := 1
 
-.PHONY: help venv train test test-slow test-all clean
+.PHONY: help venv train test test-slow test-all bench clean
 
 help:
 	@echo "make train      set up, then train the default experiment (HRNet-W32 landmarks on synthetic spines)"
 	@echo "make test       set up, then run the test suite (fast; slow end-to-end checks excluded)"
 	@echo "make test-slow  set up, then run the slow end-to-end checks (full default-size training etc.)"
 	@echo "make test-all   both"
+	@echo "make bench      set up, then run the benchmark suite (tables in benchmarks/results/; tens of minutes)"
 
 venv: $(STAMP)
 
@@ -25,13 +26,16 @@ train: $(STAMP)
 	$(PY) train.py model=hrnet_w32 task=landmarks $(ARGS)
 
 test: $(STAMP)
-	$(PY) -m pytest -m "not slow" $(ARGS)
+	$(PY) -m pytest -m "not slow" --durations=15 $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow $(ARGS)
+	$(PY) -m pytest -m slow --durations=15 $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(ARGS)
+
+bench: $(STAMP)
+	$(PY) -m benchmarks.run $(ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache

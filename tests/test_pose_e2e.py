@@ -90,9 +90,10 @@ def test_eval_from_the_best_ap_checkpoint_reproduces_the_logged_val_ap(pose_run,
 def test_eval_of_a_pose_checkpoint_on_landmark_data_says_what_is_missing(pose_run, cache_dir, tmp_path):
     """Landmark data lacks what pose needs: the pose task says so, naming task, data and the option to set."""
     record = json.loads((pose_run / "results.json").read_text())
-    write_image(tmp_path / "a.png", height=64, width=48)
+    for i in range(3):
+        write_image(tmp_path / f"a{i}.png", height=64, width=48)
     csv_file = tmp_path / "points.csv"
-    csv_file.write_text("image,p1_x,p1_y,p2_x,p2_y\n" + "a.png,1,2,3,4\n" * 3)
+    csv_file.write_text("image,p1_x,p1_y,p2_x,p2_y\n" + "".join(f"a{i}.png,1,2,3,4\n" for i in range(3)))
     proc = run_script("eval.py", [f"ckpt_path={record['checkpoints']['checkpoint_best_metric']['path']}",
                                   "data=landmarks_csv", f"data.csv={csv_file}", "data.image_size=[128,96]",
                                   f"hydra.run.dir={tmp_path / 'eval'}"], cache_dir, check=False)

@@ -123,9 +123,10 @@ def test_eval_of_a_checkpoint_from_before_the_data_package_moved(trained_run, tm
 def test_eval_on_data_with_other_landmarks_names_both_counts(trained_run, tmp_path, cache_dir):
     run_dir, _ = trained_run
     record = json.loads((run_dir / "results.json").read_text())
-    write_image(tmp_path / "a.png", height=64, width=32)
+    for i in range(4):
+        write_image(tmp_path / f"a{i}.png", height=64, width=32)
     other = tmp_path / "three.csv"
-    other.write_text("image,p1_x,p1_y,p2_x,p2_y,p3_x,p3_y\n" + "a.png,1,2,3,4,5,6\n" * 4)
+    other.write_text("image,p1_x,p1_y,p2_x,p2_y,p3_x,p3_y\n" + "".join(f"a{i}.png,1,2,3,4,5,6\n" for i in range(4)))
     proc = run_script("eval.py", [f"ckpt_path={record['test']['checkpoint']}", "data=landmarks_csv", f"data.csv={other}",
                                   "data.image_size=[64,32]", f"hydra.run.dir={tmp_path / 'eval'}"], cache_dir, check=False)
     output = proc.stdout + proc.stderr

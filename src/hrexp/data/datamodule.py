@@ -23,6 +23,7 @@ Lightning's own later ``setup`` calls are then no-ops.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Callable
 
@@ -41,14 +42,26 @@ log = logging.getLogger(__name__)
 SPLITS = ("train", "val", "test")
 
 
+def check_auto_or(value: Any, kind: type, option: str) -> Any:
+    """``"auto"`` or ``value`` as ``kind`` (an int >= 0 or a bool); a clear error naming ``option`` otherwise."""
+    if value == "auto":
+        return value
+    if kind is bool and isinstance(value, bool):
+        return value
+    if kind is int and isinstance(value, int) and not isinstance(value, bool) and value >= 0:
+        return value
+    expected = "a whole number >= 0" if kind is int else "true or false"
+    raise ValueError(f"{option}={value!r}: expected auto or {expected}")
+
+
 class HRExpDataModule(LightningDataModule):
     """Base of every hrexp datamodule (see the module docstring for the hooks).
 
     Args:
         batch_size: Training batch size.
         eval_batch_size: Validation / test batch size (None: ``batch_size``).
-        num_workers: DataLoader workers.
-        pin_memory: DataLoader ``pin_memory``.
+        num_workers: DataLoader workers, or ``"auto"`` (:meth:`loader_workers`).
+        pin_memory: DataLoader ``pin_memory``, or ``"auto"`` (on an accelerator).
         val_fraction: Validation share split off the training split when the format gives no
             validation split.
         split_seed: Seed of the split helpers (their own generator, independent of the global seed).
@@ -64,8 +77,8 @@ class HRExpDataModule(LightningDataModule):
         *,
         batch_size: int,
         eval_batch_size: int | None = None,
-        num_workers: int = 0,
-        pin_memory: bool = False,
+        num_workers: int | str = 0,
+        pin_memory: bool | str = False,
         val_fraction: float = 0.1,
         split_seed: int = 0,
         root: str | Path | None = None,
@@ -73,8 +86,8 @@ class HRExpDataModule(LightningDataModule):
         super().__init__()
         self.batch_size = int(batch_size)
         self._eval_batch_size = None if eval_batch_size is None else int(eval_batch_size)
-        self.num_workers = int(num_workers)
-        self.pin_memory = bool(pin_memory)
+        self.num_workers = check_auto_or(num_workers, int, "data.num_workers")
+        self.pin_memory = check_auto_or(pin_memory, bool, "data.pin_memory")
         self.val_fraction = float(val_fraction)
         self.split_seed = int(split_seed)
         self.root = None if root in (None, "") else Path(root)
@@ -198,11 +211,32 @@ class HRExpDataModule(LightningDataModule):
             dataset,
             batch_size=self.batch_size if train else self.eval_batch_size,
             shuffle=False,
-            num_workers=self.num_workers,
-            pin_memory=self.pin_memory,
+            num_workers=self.loader_workers(),
+            pin_memory=self.loader_pin_memory(),
             collate_fn=self.collate_fn(split),
             sampler=sampler,
         )
+
+    def _on_accelerator(self) -> bool:
+        trainer = self.trainer
+        return trainer is not None and trainer.strategy.root_device.type != "cpu"
+
+    def loader_workers(self) -> int:
+        """DataLoader workers: ``num_workers``, or for ``auto`` 0 when training on the CPU (the model's
+        threads need every core, and with the image cache a sample costs ~1 % of a CPU step: see
+        ``benchmarks/results``) and otherwise the CPUs of this process per local device, less one, at
+        most 8."""
+        if self.num_workers != "auto":
+            return self.num_workers
+        if not self._on_accelerator():
+            return 0
+        cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+        devices = max(1, int(getattr(self.trainer, "num_devices", 1)))
+        return max(1, min(8, cpus // devices - 1))
+
+    def loader_pin_memory(self) -> bool:
+        """``pin_memory``, or for ``auto`` pinned exactly when training on an accelerator."""
+        return self._on_accelerator() if self.pin_memory == "auto" else self.pin_memory
 
     # ------------------------------------------------------------------ resuming mid-epoch
     def state_dict(self) -> dict[str, Any]:

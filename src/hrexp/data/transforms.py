@@ -235,6 +235,12 @@ class LandmarkTransform:
             m = hflip_matrix(self.image_size[1]) @ m
         return m
 
+    def max_scale(self, src_hw: Sequence[int]) -> float:
+        """The largest scale (input px per original px) any draw gives an image of ``src_hw``: what an
+        image may be reduced to beforehand without losing detail (rotation and flip keep the scale)."""
+        fit = fit_matrix(src_hw, self.image_size, self.keep_aspect)
+        return math.sqrt(abs(np.linalg.det(fit[:2, :2]))) * (self.scale[1] if self.train else 1.0)
+
     def __call__(
         self,
         image: np.ndarray,
@@ -242,6 +248,8 @@ class LandmarkTransform:
         visible: np.ndarray,
         params: AugmentParams | None = None,
         rng: np.random.Generator | None = None,
+        original_hw: Sequence[int] | None = None,
+        reduced_by: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """Transforms one sample.
 
@@ -251,6 +259,10 @@ class LandmarkTransform:
             visible: ``[K]`` bool, annotated in the original.
             params: A fixed draw (tests); sampled when None.
             rng: Generator for the draw (tests); the torch global one when None.
+            original_hw: The original image's ``(h, w)`` when ``image`` is a reduced copy of it.
+            reduced_by: The matrix from original to ``image`` pixels for such a copy
+                (:class:`~hrexp.data.image_cache.ShrunkImageCache`); keypoints and ``matrix`` stay in
+                original pixels.
 
         Returns:
             ``image`` float32 ``[3, h, w]`` normalised, ``keypoints`` ``[K, 2]`` input px (0 where
@@ -261,16 +273,19 @@ class LandmarkTransform:
         """
         if params is None:
             params = self.sample_params(rng)
-        return self.apply(image, keypoints, visible, self.matrix(image.shape[:2], params), params)
+        m = self.matrix(image.shape[:2] if original_hw is None else original_hw, params)
+        return self.apply(image, keypoints, visible, m, params, reduced_by)
 
     def apply(
-        self, image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, m: np.ndarray, params: AugmentParams
+        self, image: np.ndarray, keypoints: np.ndarray, visible: np.ndarray, m: np.ndarray, params: AugmentParams,
+        reduced_by: np.ndarray | None = None,
     ) -> dict[str, torch.Tensor]:
         """Warps the image and maps the keypoints with the sample's matrix ``m``; applies the photometry.
 
         ``m`` already contains the flip when ``params.flip``; the flip pairs are permuted here.
+        ``reduced_by``: ``image`` is a reduced copy of the original (original -> copy pixels).
         """
-        out = warp_image(image, m, self.image_size)
+        out = warp_image(image, m if reduced_by is None else m @ np.linalg.inv(reduced_by), self.image_size)
         if out.ndim == 2:
             out = out[:, :, None]
         if out.shape[2] == 1:

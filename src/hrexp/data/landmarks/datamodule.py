@@ -21,6 +21,7 @@ from torch.utils.data import Dataset
 
 from hrexp.data.datamodule import HRExpDataModule
 from hrexp.data.errors import DataError
+from hrexp.data.image_cache import ShrunkImageCache
 from hrexp.data.landmarks.aasce_reader import read_aasce
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
@@ -51,6 +52,9 @@ class LandmarkDataModule(HRExpDataModule):
         flip: Horizontal flip in training: None = on iff the data defines flip pairs; True without
             flip pairs is a configuration error.
         pin_memory: DataLoader ``pin_memory``.
+        image_cache: Folder of the images reduced to the working resolution
+            (:class:`~hrexp.data.image_cache.ShrunkImageCache`); None decodes every original at
+            every epoch.
     """
 
     input_size_option = "data.image_size"
@@ -70,9 +74,11 @@ class LandmarkDataModule(HRExpDataModule):
         contrast: float = 0.1,
         flip: bool | None = None,
         pin_memory: bool = False,
+        image_cache: str | Path | None = None,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          val_fraction=val_fraction, split_seed=split_seed)
+        self.image_cache = None if image_cache in (None, "", False) else ShrunkImageCache(image_cache)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.expected_num_keypoints = None if num_keypoints is None else int(num_keypoints)
         self.keep_aspect = bool(keep_aspect)
@@ -124,9 +130,9 @@ class LandmarkDataModule(HRExpDataModule):
             len(train), len(splits["val"]), len(splits["test"]), self.test_split_name, train.num_keypoints,
         )
         return {
-            "train": LandmarkDataset(train, train_tf),
-            "val": LandmarkDataset(splits["val"], eval_tf),
-            "test": LandmarkDataset(splits["test"], eval_tf),
+            "train": LandmarkDataset(train, train_tf, self.image_cache),
+            "val": LandmarkDataset(splits["val"], eval_tf, self.image_cache),
+            "test": LandmarkDataset(splits["test"], eval_tf, self.image_cache),
         }
 
     @property

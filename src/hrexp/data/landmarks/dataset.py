@@ -8,6 +8,7 @@ import torch
 from torch.utils.data import Dataset
 
 from hrexp.data.errors import DataError
+from hrexp.data.image_cache import ShrunkImageCache, reduction_factor
 from hrexp.data.images import load_image
 from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.data.transforms import LandmarkTransform
@@ -21,28 +22,45 @@ class LandmarkDataset(Dataset):
         landmark_set: The records (validated; ``record.size`` is checked against the decoded image
             when known).
         transform: The per-sample transform (training or evaluation).
+        image_cache: Where images reduced to the working resolution are kept (None: decode the
+            original every time). Used for images the transform shrinks by 2x or more.
 
     Each item has ``image``, ``keypoints``, ``visible``, ``keypoints_orig``, ``visible_orig``,
     ``matrix`` (see :class:`~hrexp.data.transforms.LandmarkTransform`), ``spacing`` (float32, NaN
     when unknown) and ``index`` (int64, position in this split).
     """
 
-    def __init__(self, landmark_set: LandmarkSet, transform: LandmarkTransform):
+    def __init__(self, landmark_set: LandmarkSet, transform: LandmarkTransform,
+                 image_cache: ShrunkImageCache | None = None):
         self.landmark_set = landmark_set
         self.transform = transform
+        self.image_cache = image_cache
 
     def __len__(self) -> int:
         return len(self.landmark_set.records)
 
     def __getitem__(self, index: int) -> dict[str, torch.Tensor]:
         record = self.landmark_set.records[index]
-        image = load_image(record.image_path)
-        if record.size is not None and tuple(image.shape[:2]) != tuple(record.size):
-            raise DataError(
-                f"{record.image_path}: decoded size {image.shape[:2]} differs from the header size "
-                f"{tuple(record.size)} ({record.source})"
-            )
-        sample = self.transform(image, record.keypoints, record.visible, rng=sample_rng(index))
+        factor = 1
+        if self.image_cache is not None and record.size is not None:
+            factor = reduction_factor(self.transform.max_scale(record.size))
+        if factor > 1:
+            # A large image seen small: read its reduced copy (decoded once), warp it with the
+            # matrix corrected for the reduction; keypoints and matrix stay in original pixels.
+            try:
+                image, reduced_by = self.image_cache.load(record.image_path, tuple(record.size), factor)
+            except ValueError as exc:
+                raise DataError(f"{exc} ({record.source})") from None
+            sample = self.transform(image, record.keypoints, record.visible, rng=sample_rng(index),
+                                    original_hw=record.size, reduced_by=reduced_by)
+        else:
+            image = load_image(record.image_path)
+            if record.size is not None and tuple(image.shape[:2]) != tuple(record.size):
+                raise DataError(
+                    f"{record.image_path}: decoded size {image.shape[:2]} differs from the header size "
+                    f"{tuple(record.size)} ({record.source})"
+                )
+            sample = self.transform(image, record.keypoints, record.visible, rng=sample_rng(index))
         spacing = math.nan if record.spacing is None else float(record.spacing)
         sample["spacing"] = torch.tensor(spacing, dtype=torch.float32)
         sample["index"] = torch.tensor(int(index), dtype=torch.int64)
