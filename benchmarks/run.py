@@ -13,7 +13,9 @@ import subprocess
 import sys
 import time
 
-from benchmarks.common import ROOT
+from pathlib import Path
+
+from benchmarks.common import RESULTS, ROOT
 
 BENCHMARKS = ["overhead", "models", "data_pipeline", "heatmap_resolution"]
 
@@ -33,9 +35,36 @@ def main(argv: list[str]) -> int:
         print(f"=== benchmarks.{name}: exit {rc} after {time.time() - t0:.0f} s", flush=True)
         if rc:
             failed.append(name)
+    out = Path(options[options.index("--out") + 1]) if "--out" in options else RESULTS
+    write_index(out)
     if failed:
         print(f"failed: {failed}", file=sys.stderr)
     return 1 if failed else 0
+
+
+HEADER = """# Benchmark results
+
+Written by `python -m benchmarks.run` (`make bench`) from the per-benchmark files beside this one; each
+section says its machine, date and command. Timings are medians; read the ratios, which were measured
+side by side in one run (the machines are noisy). Targets from issue 14: framework overhead <= 1.02,
+scratch / timm HRNet <= 1.0, the data pipeline faster than the model at the default settings, the
+1/4-resolution heatmaps leaner than full-resolution ones at equal or better accuracy.
+
+**GPU: not yet measured.** No GPU was at hand when these were run. On a GPU run
+`python -m benchmarks.run --device cuda` (training images/s, peak memory, the bf16 / channels_last /
+compile variants); until then there are no GPU numbers here, and none are estimated.
+"""
+
+
+def write_index(out: Path) -> Path:
+    """``out/README.md``: the header and every ``<benchmark>-<device>.md`` in ``out``, in suite order."""
+    parts = [HEADER]
+    for name in BENCHMARKS:
+        for path in sorted(out.glob(f"{name}-*.md")):
+            parts.append(path.read_text())
+    index = out / "README.md"
+    index.write_text("\n".join(parts))
+    return index
 
 
 def _is_option_value(argv: list[str], arg: str) -> bool:

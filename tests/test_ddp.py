@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+from pathlib import Path
 
 import pytest
 
@@ -24,6 +25,17 @@ DDP_TINY = [
 ]
 
 
+def _eval_single_and_ddp(run: Path, tmp_path: Path, cache_dir: Path) -> dict[str, dict[str, float]]:
+    """eval.py on the run's last checkpoint and its validation split, in one process and on 2 gloo ranks."""
+    values = {}
+    for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
+        out = tmp_path / name
+        run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
+                               f"hydra.run.dir={out}"], cache_dir)
+        values[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    return values
+
+
 def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
     """An odd validation set (5 images) on 2 ranks: MRE, SDR and the loss count each image once."""
     run = tmp_path / "ddp"
@@ -36,12 +48,7 @@ def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
     assert "4 per process x 2 processes x 1 accumulated = 8 samples per optimizer step" in proc.stdout + proc.stderr
 
     # The same weights scored by one process on the whole validation split, and by eval.py on 2 ranks.
-    values = {}
-    for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
-        out = tmp_path / name
-        run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
-                               f"hydra.run.dir={out}"], cache_dir)
-        values[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    values = _eval_single_and_ddp(run, tmp_path, cache_dir)
     for key in ("val/mre", "val/mre_mm", "val/loss", "val/sdr_4", "val/sdr_24"):
         assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
         assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
@@ -120,12 +127,7 @@ def test_ddp_segmentation_metrics_and_loss_equal_single_process_eval(tmp_path, c
     with open(run / "csv" / "metrics.csv") as fh:
         logged = [r for r in csv.DictReader(fh) if r.get("val/mIoU")]
     assert len(logged) == 1
-    values = {}
-    for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
-        out = tmp_path / name
-        run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
-                               f"hydra.run.dir={out}"], cache_dir)
-        values[name] = json.loads((out / "summary.json").read_text())["metrics"]
+    values = _eval_single_and_ddp(run, tmp_path, cache_dir)
     for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/loss"):
         assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
         assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
