@@ -65,7 +65,8 @@ def _mem_mark(dev: torch.device) -> float:
         synchronize(dev)
         torch.cuda.reset_peak_memory_stats(dev)
         return torch.cuda.memory_allocated(dev) / 2**20
-    return common.rss_mb()
+    # The RSS now, not the high-water mark: building may have peaked above what the steps need.
+    return common.current_rss_mb()
 
 
 def _mem_peak(dev: torch.device, mark: float) -> dict:
@@ -171,6 +172,10 @@ def _peak_mb(r: dict) -> float:
     return r["peak_mb"] if "peak_mb" in r else r["peak_rss_mb"] - r["rss_after_build_mb"]
 
 
+def _ratio(a: float, b: float) -> float:
+    return a / b if b > 0 else float("nan")
+
+
 def _ms(runs: list[dict], key: str) -> float:
     return 1e3 * median([t for r in runs for t in r[key]])
 
@@ -215,10 +220,10 @@ def scratch_vs_timm(args, s: dict) -> Table:
                 a = m[layout]
                 t.add(f"W{width}", f"{size[0]}x{size[1]}", s["batch"], layout, a["fwd"], tm["fwd"],
                       a["fwd"] / tm["fwd"], a["step"], tm["step"], a["step"] / tm["step"], a["mem"],
-                      tm["mem"], a["mem"] / tm["mem"])
+                      tm["mem"], _ratio(a["mem"], tm["mem"]))
             ratios["fwd"].append(m["NCHW"]["fwd"] / tm["fwd"])
             ratios["step"].append(m["NCHW"]["step"] / tm["step"])
-            ratios["memory"].append(m["NCHW"]["mem"] / tm["mem"])
+            ratios["memory"].append(_ratio(m["NCHW"]["mem"], tm["mem"]))
             ratios["cl fwd"].append(m["channels_last"]["fwd"] / m["NCHW"]["fwd"])
             ratios["cl step"].append(m["channels_last"]["step"] / m["NCHW"]["step"])
             scratch_shapes, timm_shapes = runs["NCHW"][0]["shapes"], runs["timm"][0]["shapes"]
@@ -302,12 +307,12 @@ def scaling(args, s: dict) -> Table:
             rows.append(c := cache[size, k])
             parts = c["backbone"] + c["head"] + c["optimizer"]
             t.add(sweep, f"{size}x{size}", k, s["batch"], c["step"], c["step"] / rows[0]["step"], c["mem"],
-                  c["mem"] / rows[0]["mem"], c["backbone"], c["head"], c["optimizer"],
+                  _ratio(c["mem"], rows[0]["mem"]), c["backbone"], c["head"], c["optimizer"],
                   100 * c["backbone"] / parts, 100 * c["head"] / parts)
         (n0, k0), (n1, k1) = configs[0], configs[-1]
         span = (f"{n0} -> {n1} (pixels x{(n1 / n0) ** 2:.3g})" if sweep == "input size"
                 else f"{k0} -> {k1} (x{k1 / k0:.3g})")
-        g = {key: rows[-1][key] / rows[0][key] for key in ("step", "mem", "backbone", "head", "optimizer")}
+        g = {key: _ratio(rows[-1][key], rows[0][key]) for key in ("step", "mem", "backbone", "head", "optimizer")}
         t.notes.append(f"{sweep} {span}: step time x{g['step']:.3g}, memory x{g['mem']:.3g}; backbone "
                        f"x{g['backbone']:.3g}, head+loss x{g['head']:.3g}, optimizer x{g['optimizer']:.3g}: "
                        f"fastest growing: {max(('backbone', 'head', 'optimizer'), key=g.get)}")
