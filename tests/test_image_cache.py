@@ -12,11 +12,11 @@ import numpy as np
 import pytest
 
 import hrexp.data.image_cache as image_cache_module
-from hrexp.data.image_cache import ShrunkImageCache, reduction_factor
+from hrexp.data.image_cache import ShrunkImageCache
 from hrexp.data.landmarks.dataset import LandmarkDataset
 from hrexp.data.landmarks.records import LandmarkRecord, LandmarkSet
 from hrexp.data.sampling import SampleKey
-from hrexp.data.transforms import LandmarkTransform, warp_image
+from hrexp.data.transforms import LandmarkTransform, reduction_factor, warp_image
 
 
 def _xray(path: Path, h: int = 480, w: int = 360, seed: int = 0) -> np.ndarray:

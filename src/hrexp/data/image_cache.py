@@ -15,7 +15,6 @@ of 1.5e-5, far below 8-bit X-ray precision, at half the size of float32.
 from __future__ import annotations
 
 import hashlib
-import math
 import os
 from pathlib import Path
 
@@ -23,20 +22,9 @@ import cv2
 import numpy as np
 
 from hrexp.data.images import load_image
-from hrexp.data.transforms import pixel_scaling
+from hrexp.data.transforms import pixel_scaling, reduced_size
 
 VERSION = 1  # part of every key: bump when the stored content changes meaning
-
-
-def reduction_factor(max_scale: float) -> int:
-    """The integer factor by which an image may be reduced when the network sees it at most at ``max_scale``
-    of its size (the factor warp_image would choose for that scale; 1 = keep the image as it is)."""
-    return max(1, int(math.floor(1.0 / max_scale))) if max_scale > 0 else 1
-
-
-def reduced_size(size_hw: tuple[int, int], factor: int) -> tuple[int, int]:
-    """The size of an image of ``size_hw`` reduced by ``factor`` (as warp_image rounds it)."""
-    return max(1, round(size_hw[0] / factor)), max(1, round(size_hw[1] / factor))
 
 
 class ShrunkImageCache:

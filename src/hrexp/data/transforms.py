@@ -101,6 +101,17 @@ def flip_permutation(num_keypoints: int, flip_pairs: Sequence[Sequence[int]]) ->
     return perm
 
 
+def reduction_factor(max_scale: float) -> int:
+    """The integer factor by which an image seen at most at ``max_scale`` of its size is reduced before
+    the warp (1 = kept as it is): :func:`warp_image`'s anti-aliasing step, and the image cache's key."""
+    return max(1, int(math.floor(1.0 / max_scale))) if max_scale > 0 else 1
+
+
+def reduced_size(size_hw: Sequence[int], factor: int) -> tuple[int, int]:
+    """The size of an image of ``size_hw`` reduced by ``factor``."""
+    return max(1, round(size_hw[0] / factor)), max(1, round(size_hw[1] / factor))
+
+
 def warp_image(image: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int]) -> np.ndarray:
     """Warps ``image`` with ``matrix`` (original -> output px) into ``dst_hw``, anti-aliasing big shrinks.
 
@@ -108,11 +119,10 @@ def warp_image(image: np.ndarray, matrix: np.ndarray, dst_hw: Sequence[int]) -> 
     when the matrix shrinks by more than 2x the image is first reduced by an integer factor with
     ``INTER_AREA`` and the warp is corrected by the exact matrix of that resize.
     """
-    scale = math.sqrt(abs(np.linalg.det(matrix[:2, :2])))
-    factor = int(math.floor(1.0 / scale)) if scale > 0 else 1
+    factor = reduction_factor(math.sqrt(abs(np.linalg.det(matrix[:2, :2]))))
     if factor >= 2:
         h, w = image.shape[:2]
-        small_hw = (max(1, round(h / factor)), max(1, round(w / factor)))
+        small_hw = reduced_size((h, w), factor)
         image = cv2.resize(image, (small_hw[1], small_hw[0]), interpolation=cv2.INTER_AREA)
         matrix = matrix @ np.linalg.inv(pixel_scaling((h, w), small_hw))
     return cv2.warpAffine(

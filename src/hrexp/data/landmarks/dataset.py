@@ -8,10 +8,10 @@ import torch
 from torch.utils.data import Dataset
 
 from hrexp.data.errors import DataError
-from hrexp.data.image_cache import ShrunkImageCache, reduction_factor
+from hrexp.data.image_cache import ShrunkImageCache
 from hrexp.data.images import load_image
 from hrexp.data.landmarks.records import LandmarkSet
-from hrexp.data.transforms import LandmarkTransform
+from hrexp.data.transforms import LandmarkTransform, reduction_factor
 from hrexp.data.sampling import sample_rng
 
 
