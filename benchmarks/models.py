@@ -7,7 +7,8 @@ ratios more than the absolute times; times are medians over repeats):
    ``hrnet_w{W}`` through ``TimmBackbone`` (raw branches, ``feature_location=""``: the same network),
    W18/W32/W48 at 256x192 and 512x512: forward (eval, no_grad), training step (forward, loss = sum
    over the 4 branches of mean(f**2), backward, AdamW) and its peak memory; the scratch model also
-   in channels_last. ``--rounds`` rounds per cell, the model order alternating (A B C, C B A, ...).
+   in channels_last. The three are timed in one process, called in turn (A B C, C B A, ...), so that
+   drift of the machine hits them alike; each one's peak memory comes from a process of its own.
 2. Inference latency of HRNet-W32 + ``HeatmapHead`` (``head(backbone(x))`` as hrexp's module does),
    batch 1 and 32: eager and channels_last (called alternately), and ``torch.compile`` (default
    mode; on CUDA always, on CPU only with ``--compile``).
@@ -23,6 +24,7 @@ CPU each measurement runs in a fresh process (``common.in_fresh_process``): its 
 RSS right after building the model and optimizer.
 
     python -m benchmarks.models [--smoke] [--device cpu|cuda|auto] [--batch N] [--compile] [--rounds N]
+                                [--tables scratch_timm latency scaling]
 
 ``--smoke`` runs tiny sizes on 1 torch thread unless ``--threads`` is given.
 """
@@ -75,11 +77,27 @@ def _mem_peak(dev: torch.device, mark: float) -> dict:
     return {"rss_after_build_mb": mark, "peak_rss_mb": common.rss_mb()}
 
 
-def backbone_worker(kind: str, width: int, size: tuple[int, int], batch: int, channels_last: bool,
-                    warmup: int, repeats: int, device: str, threads: int | None = None) -> dict:
-    """Table 1, one (model, layout, size): training steps first (memory), then eval forwards."""
+def memory_worker(kind: str, width: int, size: tuple[int, int], batch: int, channels_last: bool,
+                  steps: int, device: str, threads: int | None = None) -> dict:
+    """Table 1, one (model, layout, size) alone in its process: the training steps' peak memory and the
+    output shapes."""
     common.startup(threads)  # in a fresh process: offline hub and thread count, before timm
     dev = torch.device(device)
+    model = _backbone(kind, width, dev, channels_last)
+    fmt = torch.channels_last if channels_last else torch.contiguous_format
+    x = torch.randn(batch, 3, *size, device=dev).contiguous(memory_format=fmt)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    mark = _mem_mark(dev)
+    for _ in range(steps):  # the first allocates AdamW's state; the peak is reached by the second
+        opt.zero_grad(set_to_none=True)
+        outputs = model(x)
+        sum(f.pow(2).mean() for f in outputs).backward()
+        opt.step()
+    synchronize(dev)
+    return {**_mem_peak(dev, mark), "shapes": [list(f.shape) for f in outputs]}
+
+
+def _backbone(kind: str, width: int, dev: torch.device, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
     if kind == "timm":
         from hrexp.models.timm_backbone import TimmBackbone
@@ -91,24 +109,39 @@ def backbone_worker(kind: str, width: int, size: tuple[int, int], batch: int, ch
 
         model = HighResolutionNet(width=width, pretrained=False)
     fmt = torch.channels_last if channels_last else torch.contiguous_format
-    model = model.to(dev, memory_format=fmt).train()
-    x = torch.randn(batch, 3, *size, device=dev).contiguous(memory_format=fmt)
-    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
-    mark = _mem_mark(dev)
+    return model.to(dev, memory_format=fmt).train()
 
-    def step() -> None:
-        opt.zero_grad(set_to_none=True)
-        sum(f.pow(2).mean() for f in model(x)).backward()
-        opt.step()
 
-    step_s = seconds_per_call(step, dev, warmup, repeats)
-    result = _mem_peak(dev, mark)
-    opt.zero_grad(set_to_none=True)
-    model.eval()
-    with torch.no_grad():
-        shapes = [list(f.shape) for f in model(x)]
-        fwd_s = seconds_per_call(lambda: model(x), dev, warmup, repeats)
-    return {**result, "step_s": step_s, "fwd_s": fwd_s, "shapes": shapes}
+def timing_worker(variants: dict[str, tuple[str, bool]], width: int, size: tuple[int, int], batch: int,
+                  warmup: int, repeats: int, device: str, threads: int | None = None) -> dict:
+    """Table 1 times, one (width, size): every variant in this one process, called in turn (the order
+    reversed each repeat), so that the machine's drift hits them all alike."""
+    common.startup(threads)
+    dev = torch.device(device)
+    models, steps, forwards = {}, [], []
+    for name, (kind, cl) in variants.items():
+        model = _backbone(kind, width, dev, cl)
+        fmt = torch.channels_last if cl else torch.contiguous_format
+        x = torch.randn(batch, 3, *size, device=dev).contiguous(memory_format=fmt)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+
+        def step(model=model, x=x, opt=opt) -> None:
+            opt.zero_grad(set_to_none=True)
+            sum(f.pow(2).mean() for f in model(x)).backward()
+            opt.step()
+
+        def forward(model=model, x=x) -> None:
+            with torch.no_grad():
+                model(x)
+
+        models[name] = model
+        steps.append(step)
+        forwards.append(forward)
+    step_s = alternate(steps, dev, warmup, repeats)
+    for model in models.values():
+        model.eval()
+    fwd_s = alternate(forwards, dev, warmup, repeats)
+    return {name: {"step_s": step_s[i], "fwd_s": fwd_s[i]} for i, name in enumerate(variants)}
 
 
 def scaling_worker(size: int, num_outputs: int, batch: int, warmup: int, repeats: int, device: str,
@@ -206,15 +239,12 @@ def scratch_vs_timm(args, s: dict) -> Table:
     shape_notes = []
     for width in s["widths"]:
         for size in s["sizes"]:
-            runs: dict[str, list[dict]] = {v: [] for v in variants}
-            for r in range(s["rounds"]):
-                for v in (list(variants) if r % 2 == 0 else list(variants)[::-1]):
-                    kind, cl = variants[v]
-                    runs[v].append(_measure(backbone_worker, args, kind=kind, width=width, size=size,
-                                            batch=s["batch"], channels_last=cl, warmup=s["warmup"],
-                                            repeats=s["repeats"]))
-            m = {v: {"fwd": _ms(rs, "fwd_s"), "step": _ms(rs, "step_s"),
-                     "mem": median([_peak_mb(r) for r in rs])} for v, rs in runs.items()}
+            times = [_measure(timing_worker, args, variants=variants, width=width, size=size, batch=s["batch"],
+                              warmup=s["warmup"], repeats=s["repeats"]) for _ in range(s["rounds"])]
+            memory = {v: _measure(memory_worker, args, kind=kind, width=width, size=size, batch=s["batch"],
+                                  channels_last=cl, steps=2) for v, (kind, cl) in variants.items()}
+            m = {v: {"fwd": _ms([t[v] for t in times], "fwd_s"), "step": _ms([t[v] for t in times], "step_s"),
+                     "mem": _peak_mb(memory[v])} for v in variants}
             tm = m["timm"]
             for layout in ("NCHW", "channels_last"):
                 a = m[layout]
@@ -226,7 +256,7 @@ def scratch_vs_timm(args, s: dict) -> Table:
             ratios["memory"].append(_ratio(m["NCHW"]["mem"], tm["mem"]))
             ratios["cl fwd"].append(m["channels_last"]["fwd"] / m["NCHW"]["fwd"])
             ratios["cl step"].append(m["channels_last"]["step"] / m["NCHW"]["step"])
-            scratch_shapes, timm_shapes = runs["NCHW"][0]["shapes"], runs["timm"][0]["shapes"]
+            scratch_shapes, timm_shapes = memory["NCHW"]["shapes"], memory["timm"]["shapes"]
             if scratch_shapes != timm_shapes:
                 shape_notes.append(f"W{width} {size}: scratch {scratch_shapes} vs timm {timm_shapes}")
     cpu = args.device.type != "cuda"
@@ -234,10 +264,10 @@ def scratch_vs_timm(args, s: dict) -> Table:
         "ratio = scratch / timm (the project's target: <= 1.0); timm always NCHW; step = forward, "
         "sum of the 4 branches' mean(f**2), backward, AdamW",
         "peak MB = the training step's memory beyond the built model (activations, gradients, AdamW state): "
-        + ("peak RSS of a fresh process per cell minus its RSS after building" if cpu
+        + ("peak RSS of a fresh process per model and cell minus its RSS after building" if cpu
            else "torch.cuda.max_memory_allocated minus memory allocated before the steps"),
-        f"{s['rounds']} round(s) per cell, model order alternating; {s['warmup']} warm-up + {s['repeats']} "
-        "timed calls per round",
+        f"times: the three models in one process, called in turn (order reversed each repeat): {s['warmup']} "
+        f"warm-up + {s['repeats']} timed calls each, {s['rounds']} process(es) per cell; medians",
         "NCHW scratch / timm, median over cells: fwd x{:.3g}, step x{:.3g}, memory x{:.3g}".format(
             *(median(ratios[k]) for k in ("fwd", "step", "memory"))),
         "scratch channels_last / NCHW, median over cells: fwd x{:.3g}, step x{:.3g} (< 1: channels_last "
@@ -335,7 +365,7 @@ def settings(args) -> dict:
                  scale_sizes=[64, 96], scale_k=[17, 40], k_size=64)
     else:
         s = dict(widths=[18, 32, 48], sizes=[(256, 192), (512, 512)], batch=32 if cuda else 2,
-                 rounds=3 if cuda else 2, warmup=3 if cuda else 1, repeats=10 if cuda else 3,
+                 rounds=1, warmup=3 if cuda else 1, repeats=10 if cuda else 5,
                  infer=[((256, 192), 17), ((512, 512), 40)], infer_batches=[1, 32],
                  infer_warmup=5 if cuda else 1, infer_repeats=20 if cuda else 3,
                  scale_sizes=[256, 384, 512, 768], scale_k=[17, 40, 68, 200], k_size=256)
@@ -353,7 +383,10 @@ def run(args) -> list[Table]:
         args.threads = 1
         torch.set_num_threads(1)
     s = settings(args)
-    return [scratch_vs_timm(args, s), inference(args, s), scaling(args, s)]
+    return [TABLES[name](args, s) for name in args.tables]
+
+
+TABLES = {"scratch_timm": scratch_vs_timm, "latency": inference, "scaling": scaling}
 
 
 def build_parser():
@@ -361,7 +394,8 @@ def build_parser():
     p.add_argument("--batch", type=int, default=None,
                    help="training batch of the first and third tables (default 2 on CPU, 32 on CUDA, 1 in smoke)")
     p.add_argument("--rounds", type=int, default=None,
-                   help="rounds per cell of the first table (default 2 on CPU, 3 on CUDA, 1 in smoke)")
+                   help="timing processes per cell of the first table (default 1)")
+    p.add_argument("--tables", nargs="+", choices=list(TABLES), default=list(TABLES), help="which tables (default all)")
     p.add_argument("--compile", action="store_true", help="also time torch.compile on CPU (minutes of compiling)")
     return p
 

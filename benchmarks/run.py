@@ -17,7 +17,7 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT
 
-BENCHMARKS = ["overhead", "models", "data_pipeline", "heatmap_resolution"]
+BENCHMARKS = ["overhead", "models", "data_pipeline", "heatmap_resolution", "throughput"]
 
 
 def main(argv: list[str]) -> int:
@@ -51,8 +51,10 @@ scratch / timm HRNet <= 1.0, the data pipeline faster than the model at the defa
 1/4-resolution heatmaps leaner than full-resolution ones at equal or better accuracy.
 
 **GPU: not yet measured.** No GPU was at hand when these were run. On a GPU run
-`python -m benchmarks.run --device cuda` (training images/s, peak memory, the bf16 / channels_last /
-compile variants); until then there are no GPU numbers here, and none are estimated.
+`python -m benchmarks.run --device cuda` (all of them), or `python -m benchmarks.throughput --device
+cuda` for the fast path alone (training images/s of HRNet-W32 pose at 256x192 and landmarks at
+512x512, peak memory, model FLOP utilisation; fp32 against bf16-mixed, channels_last and
+`trainer=gpu_fast`); until then there are no GPU numbers here, and none are estimated.
 """
 
 

@@ -76,8 +76,22 @@ def test_models_smoke(smoke_results):
     assert _column(scaling, "step x")[0] == 1.0
 
 
+def test_throughput_smoke(smoke_results):
+    pose, landmarks = _tables(smoke_results, "throughput")
+    for table in (pose, landmarks):
+        cells = {row[0]: dict(zip(table["columns"], row)) for row in table["rows"]}
+        # On a CPU: the fp32 reference, bf16 autocast and channels_last; compile only with --compile.
+        assert list(cells) == ["fp32 (reference)", "bf16-mixed", "bf16-mixed + channels_last"]
+        ref = cells["fp32 (reference)"]["images/s"]
+        for row in cells.values():
+            assert math.isclose(row["images/s"], 2 / (row["step ms"] / 1000), rel_tol=1e-9)  # batch 2
+            assert math.isclose(row["x fp32"], row["images/s"] / ref, rel_tol=1e-9)
+            assert row["MFU %"] == "-"  # no bf16 peak known for a CPU
+    assert "pose" in pose["title"] and "landmarks" in landmarks["title"]
+
+
 def test_the_index_holds_every_benchmark_and_says_the_gpu_is_not_measured(smoke_results):
     index = (smoke_results / "README.md").read_text()
-    for name in ("overhead", "models", "data_pipeline", "heatmap_resolution"):
+    for name in ("overhead", "models", "data_pipeline", "heatmap_resolution", "throughput"):
         assert f"## {name} (cpu)" in index, name
     assert "GPU: not yet measured" in index

@@ -285,7 +285,8 @@ def test_synthetic_config_instantiates(tmp_path):
     cfg = _compose(tmp_path, "synthetic_spine", ["data.num_train=6", "data.num_test=2", "data.batch_size=2"])
     dm = instantiate(cfg.data)
     assert isinstance(dm, SyntheticSpineDataModule)
-    assert dm.cache_dir == tmp_path / "cache" / "synthetic_spine"
+    # one folder per parameter set under the configured cache folder
+    assert dm.cache_dir.parent == tmp_path / "cache" / "synthetic_spine" and dm.cache_dir.name.startswith("v1-")
     dm.prepare_data()
     dm.setup()
     assert dm.num_keypoints == 40 and len(dm.test_set) == 2 and len(dm.val_set) == 1

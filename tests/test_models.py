@@ -166,6 +166,26 @@ def test_timm_hrnet_weights_load_and_outputs_match(width):
         assert (a - e).abs().max().item() <= 1e-4
 
 
+def test_scratch_hrnet_trains_like_timm():
+    """Training mode (batch statistics) and backward: the fusion's in-place sums change no gradient."""
+    torch.manual_seed(0)
+    reference = timm.create_model("hrnet_w18", features_only=True, feature_location="", out_indices=(1, 2, 3, 4))
+    model = HighResolutionNet(width=18)
+    load_timm_hrnet_state_dict(model, reference.state_dict())
+    reference.double().train(), model.double().train()
+    x = torch.randn(2, 3, 64, 64, dtype=torch.float64)
+    grads, losses = [], []
+    for net in (reference, model):
+        image = x.clone().requires_grad_()
+        loss = sum(f.pow(2).mean() for f in net(image))
+        loss.backward()
+        losses.append(loss.detach())
+        grads.append(image.grad)
+    assert torch.allclose(losses[0], losses[1], rtol=1e-12)
+    assert torch.linalg.vector_norm(grads[0]) > 0
+    assert torch.allclose(grads[0], grads[1], rtol=1e-9, atol=1e-12)
+
+
 def test_load_full_timm_hrnet_drops_only_head_keys():
     full = timm.create_model("hrnet_w18")  # classification model: has the V2 head
     model = HighResolutionNet(width=18)

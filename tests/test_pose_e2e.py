@@ -54,6 +54,7 @@ def pose_run(module_tmp, cache_dir):
     return run_dir
 
 
+@pytest.mark.slow  # one real COCO training run (~1.5 min) shared by three tests
 def test_pose_run_logs_ap_and_keeps_best_ap_best_loss_and_last(pose_run):
     ckpts = sorted(p.name for p in (pose_run / "checkpoints").glob("*.ckpt"))
     assert any(n.startswith("best-val_AP-") for n in ckpts), ckpts
@@ -74,6 +75,7 @@ def test_pose_run_logs_ap_and_keeps_best_ap_best_loss_and_last(pose_run):
     assert record["dataset_meta"]["num_keypoints"] == 17
 
 
+@pytest.mark.slow  # one real COCO training run (~1.5 min) shared by three tests
 def test_eval_from_the_best_ap_checkpoint_reproduces_the_logged_val_ap(pose_run, cache_dir, tmp_path):
     record = json.loads((pose_run / "results.json").read_text())
     ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
@@ -87,6 +89,7 @@ def test_eval_from_the_best_ap_checkpoint_reproduces_the_logged_val_ap(pose_run,
     assert summary["metrics"]["val/AR"] == pytest.approx(float(logged["val/AR"]), abs=1e-6)
 
 
+@pytest.mark.slow  # one real COCO training run (~1.5 min) shared by three tests
 def test_eval_of_a_pose_checkpoint_on_landmark_data_says_what_is_missing(pose_run, cache_dir, tmp_path):
     """Landmark data lacks what pose needs: the pose task says so, naming task, data and the option to set."""
     record = json.loads((pose_run / "results.json").read_text())

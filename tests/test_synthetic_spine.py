@@ -75,6 +75,29 @@ def test_cache_is_reused_and_rebuilt_on_changed_params(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["cache"]  # no temp or old folders left
 
 
+def test_each_parameter_set_of_the_datamodule_has_its_own_folder(tmp_path):
+    """A run with other parameters (a sweep over data.num_train, a test beside a training run) used to
+    rebuild the one folder while another run was reading it: that run then failed on a vanished image."""
+    from hrexp.data.landmarks.datamodule import SyntheticSpineDataModule
+
+    def datamodule(**params):
+        dm = SyntheticSpineDataModule(tmp_path / "cache", original_size=(128, 64), image_size=(64, 32), batch_size=2,
+                                      **{**SMALL, **params})
+        dm.prepare_data()
+        dm.setup("fit")
+        return dm
+
+    first = datamodule()
+    images = sorted(p for p in first.cache_dir.rglob("*.png"))
+    before = {p: p.stat().st_mtime_ns for p in images}
+    second = datamodule(num_train=4)
+    assert second.cache_dir != first.cache_dir and second.cache_dir.parent == first.cache_dir.parent
+    assert {p: p.stat().st_mtime_ns for p in images} == before  # the first run's files untouched
+    assert len(first.train_set) + len(first.val_set) == 3 and len(second.train_set) + len(second.val_set) == 4
+    assert datamodule().cache_dir == first.cache_dir  # the same parameters find the same folder
+    assert synth.synthetic_spine_folder(tmp_path, **SMALL) != synth.synthetic_spine_folder(tmp_path, **{**SMALL, "seed": 1})
+
+
 def test_changed_generator_version_rebuilds(tmp_path, monkeypatch):
     out = build_synthetic_spine(tmp_path / "cache", **SMALL)
     mtime = (out / "train.csv").stat().st_mtime_ns

@@ -159,8 +159,11 @@ class HighResolutionModule(nn.Module):
                     # inputs that are not multiples of 32 working (stride-2 convs round up);
                     # for multiples of 32 the two are identical.
                     z = F.interpolate(z, size=target_size, mode="nearest")
-                y = z if y is None else y + z
-            out.append(F.relu(y))
+                # In place into a sum this loop made (never into x[i] itself, which the other rows
+                # read): no new tensor per addition. Neither the sum nor the BatchNorm / upsampling
+                # outputs added into it are saved for backward, so autograd allows it.
+                y = z if y is None else (y + z if y is x[i] else y.add_(z))
+            out.append(F.relu(y, inplace=y is not x[i]))
         return out
 
 

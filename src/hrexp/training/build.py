@@ -17,6 +17,7 @@ from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
 from hrexp.training.module import HRExpModule
+from hrexp.training.speed import SpeedOptions
 from hrexp.utils.hydra_runtime import runtime_choices
 
 log = logging.getLogger(__name__)
@@ -80,7 +81,18 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         dataset_meta=datamodule.dataset_meta,
         # Configs stored by earlier runs have no such key: they stopped on a non-finite loss too.
         nonfinite_loss=cfg.get("nonfinite_loss", "stop"),
+        speed=build_speed(cfg.get("speed")),
     )
+
+
+def build_speed(speed_cfg: DictConfig | None) -> SpeedOptions:
+    """The ``speed`` options (channels_last, compile); configs of earlier runs have none: both off."""
+    if not speed_cfg:
+        return SpeedOptions()
+    try:
+        return instantiate(speed_cfg, _convert_="all")
+    except InstantiationException as err:
+        raise ConfigError(str(err.__cause__ or err)) from err
 
 
 @dataclass

@@ -39,14 +39,16 @@ def load_checkpoint(path: str | Path) -> dict[str, Any]:
 
 
 def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
-    """The training run's config, with this command's ``data`` when one was given.
+    """The training run's config, with this command's ``data`` when one was given, and its ``speed``.
 
-    Class paths of checkpoints written by earlier hrexp versions are mapped to today's.
+    How the network runs (channels_last, torch.compile) is this command's choice, not the training
+    run's: a checkpoint trained with ``trainer=gpu_fast`` is evaluated uncompiled by default. Class paths of checkpoints written by earlier hrexp versions are mapped to today's.
     """
     run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
     if "pretrained" in run_cfg.model:
         # The checkpoint holds the trained weights: the initial ones need not (and may no longer) exist.
         run_cfg.model.pretrained = False
+    run_cfg.speed = OmegaConf.to_container(cfg.speed) if cfg.get("speed") is not None else None
     if cfg.get("data") is not None:
         # Resolve in this command's context (its paths), then hand it to the run's config.
         run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)

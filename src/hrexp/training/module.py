@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from hrexp.data.loaders import eval_loader
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
+from hrexp.training.speed import SpeedOptions
 
 log = logging.getLogger(__name__)
 
@@ -43,6 +44,8 @@ class HRExpModule(pl.LightningModule):
         nonfinite_loss: a NaN/inf training loss ``stop``s the run (naming the step and the batch's
             samples; the checkpoints written so far stay) or is ``skip``ped (no weight update for that
             optimizer step, counted in ``train/skipped_batches``).
+        speed: channels_last and torch.compile (:class:`hrexp.training.speed.SpeedOptions`); ``None``
+            for neither. Applied here, in place, so the optimizer sees the converted parameters.
     """
 
     def __init__(
@@ -55,6 +58,7 @@ class HRExpModule(pl.LightningModule):
         param_groups: ParamGroupRules | None = None,
         dataset_meta: Mapping[str, Any] | None = None,
         nonfinite_loss: str = "stop",
+        speed: SpeedOptions | None = None,
     ):
         super().__init__()
         if nonfinite_loss not in ("stop", "skip"):
@@ -80,11 +84,13 @@ class HRExpModule(pl.LightningModule):
         self.param_group_summary: list[dict[str, Any]] = []
         # The task's per-item tables of the last test epoch (per_landmark, per_class), for eval.py.
         self.eval_tables: dict[str, list[dict[str, Any]]] = {}
+        self.speed = speed or SpeedOptions()
+        self.speed.apply(self.backbone, getattr(self.task, "head", None))
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         # A frozen backbone builds no autograd graph: no gradient reaches it and no backward runs through it.
         with torch.set_grad_enabled(torch.is_grad_enabled() and not self.backbone_frozen):
-            features = self.backbone(images)
+            features = self.backbone(self.speed.images(images))
         return self.task(features)
 
     def add_schedule_gate(self, name: str, part: str, gate: Callable[[int], Mapping[str, int]]) -> None:

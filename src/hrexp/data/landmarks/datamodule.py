@@ -27,7 +27,7 @@ from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
 from hrexp.data.landmarks.records import LandmarkSet
-from hrexp.data.landmarks.synthetic_spine import build_synthetic_spine
+from hrexp.data.landmarks.synthetic_spine import build_synthetic_spine, synthetic_spine_folder
 from hrexp.data.landmarks.validation import check_same_landmarks, validate_landmark_set
 from hrexp.data.transforms import LandmarkTransform
 
@@ -282,7 +282,8 @@ class SyntheticSpineDataModule(CsvLandmarkDataModule):
     """The synthetic spine set (built on first use into ``cache_dir``), read as CSV.
 
     Args:
-        cache_dir: Cache folder of the generated images and CSVs.
+        cache_dir: Cache folder of the generated images and CSVs; each parameter set is built into
+            a folder of its own there (:func:`~hrexp.data.landmarks.synthetic_spine.synthetic_spine_folder`).
         num_train: Generated training images (split into train/val).
         num_test: Generated test images.
         seed: Generator seed of the data set (not the split seed).
@@ -301,16 +302,17 @@ class SyntheticSpineDataModule(CsvLandmarkDataModule):
         num_vertebrae: int = 10,
         **common,
     ):
-        cache_dir = Path(cache_dir)
-        super().__init__(csv=cache_dir / "train.csv", test_csv=cache_dir / "test.csv", **common)
-        self.cache_dir = cache_dir
-        self.build_args = dict(
+        build_args = dict(
             num_train=int(num_train),
             num_test=int(num_test),
             seed=int(seed),
             image_size=(int(original_size[0]), int(original_size[1])),
             num_vertebrae=int(num_vertebrae),
         )
+        cache_dir = synthetic_spine_folder(cache_dir, **build_args)
+        super().__init__(csv=cache_dir / "train.csv", test_csv=cache_dir / "test.csv", **common)
+        self.cache_dir = cache_dir
+        self.build_args = build_args
         if num_test == 0:
             self.test_csv = None
 

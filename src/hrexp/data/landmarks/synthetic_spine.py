@@ -17,6 +17,7 @@ deterministic and image ``i`` does not depend on how many images are requested.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import logging
 import os
@@ -89,6 +90,29 @@ def _render_split(folder: Path, split: str, count: int, params: dict) -> None:
     )
 
 
+def _params(num_train: int = 240, num_test: int = 60, seed: int = 0, image_size: Sequence[int] = (512, 256),
+            num_vertebrae: int = 10, pixel_spacing: float = 0.5) -> dict:
+    return {
+        "num_train": int(num_train),
+        "num_test": int(num_test),
+        "seed": int(seed),
+        "image_size": [int(image_size[0]), int(image_size[1])],
+        "num_vertebrae": int(num_vertebrae),
+        "pixel_spacing": float(pixel_spacing),
+    }
+
+
+def synthetic_spine_folder(cache_dir: str | Path, **params) -> Path:
+    """The folder of one parameter set inside ``cache_dir``: ``v<version>-<hash of the parameters>``.
+
+    Each parameter set has a folder of its own, so runs with different sets (a sweep over
+    ``data.num_train``, a test beside a training run) never rebuild a folder another run is reading.
+    """
+    params = _params(**params)  # build_synthetic_spine's arguments after out_dir
+    digest = hashlib.sha1(json.dumps(_manifest(params), sort_keys=True).encode()).hexdigest()[:12]
+    return Path(cache_dir) / f"v{GENERATOR_VERSION}-{digest}"
+
+
 def build_synthetic_spine(
     out_dir: str | Path,
     num_train: int = 240,
@@ -117,14 +141,7 @@ def build_synthetic_spine(
             to delete someone's files).
     """
     out_dir = Path(out_dir).expanduser().absolute()
-    params = {
-        "num_train": int(num_train),
-        "num_test": int(num_test),
-        "seed": int(seed),
-        "image_size": [int(image_size[0]), int(image_size[1])],
-        "num_vertebrae": int(num_vertebrae),
-        "pixel_spacing": float(pixel_spacing),
-    }
+    params = _params(num_train, num_test, seed, image_size, num_vertebrae, pixel_spacing)
     if params["num_train"] < 1 or params["num_test"] < 0 or params["num_vertebrae"] < 1:
         raise ValueError(f"need num_train >= 1, num_test >= 0, num_vertebrae >= 1, got {params}")
     manifest = _manifest(params)
