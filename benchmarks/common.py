@@ -82,7 +82,18 @@ def median(values: list[float]) -> float:
 
 
 def rss_mb() -> float:
-    """Peak resident memory of this process so far, MiB (Linux reports ru_maxrss in KiB)."""
+    """Peak resident memory of this process so far, MiB.
+
+    Linux's ``VmHWM``: the high-water mark of this process's own memory since it started (or since its
+    exec). Not ``getrusage``'s ``ru_maxrss``, which Linux carries across fork and exec: a child spawned by
+    a parent holding 3 GB reported at least those 3 GB as its own peak. Elsewhere ``ru_maxrss`` (KiB).
+    """
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024
+    except (OSError, ValueError, IndexError):
+        pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 

@@ -10,6 +10,10 @@ heatmaps upsampled to the full input (``task.head.upsample_to_input=true``), the
    (``train.py task=landmarks model=hrnet_w32``, 8 epochs unless ``--epochs``), same seed, then its best val MRE and
    test MRE. The full-resolution variant's sigma is scaled by the stride (same Gaussian in image
    pixels), so only the resolution differs.
+
+``--parts cost accuracy`` (default both): the cost table is written to ``heatmap_resolution-<device>``,
+the accuracy table (tens of minutes of training) to ``heatmap_resolution_accuracy-<device>``, so each
+can be rerun alone.
 """
 
 from __future__ import annotations
@@ -17,10 +21,11 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (Table, current_rss_mb, in_fresh_process, main, median, parser, rss_mb,
-                               seconds_per_call)
+from benchmarks.common import (Table, current_rss_mb, in_fresh_process, median, parser, pick_device, rss_mb,
+                               seconds_per_call, startup, write_results)
 
 NAME = "heatmap_resolution"
+RESULT_NAMES = {"cost": NAME, "accuracy": f"{NAME}_accuracy"}
 VARIANTS = {"1/4 + DARK (default)": [], "full input resolution": ["task.head.upsample_to_input=true",
                                                                   "task.codec.sigma=8.0"]}
 
@@ -30,6 +35,7 @@ def build_parser():
     p.add_argument("--epochs", type=int, default=None, help="epochs of each accuracy run (default 8: the default job)")
     p.add_argument("--cost-size", type=int, default=512, help="square input of the cost table")
     p.add_argument("--batch-size", type=int, default=None, help="batch of the cost table (CPU 2, GPU 16)")
+    p.add_argument("--parts", nargs="+", choices=list(RESULT_NAMES), default=list(RESULT_NAMES))
     return p
 
 
@@ -83,9 +89,22 @@ def accuracy(overrides: list[str], out: Path) -> dict:
             "train_s": record.train_time_s}
 
 
-def run(args) -> list[Table]:
-    smoke = args.smoke
-    model = "model=hrnet_w18" if smoke else "model=hrnet_w32"
+def run(args) -> dict[str, list[Table]]:
+    """The tables of each part asked for, by part."""
+    out = {}
+    if "cost" in args.parts:
+        out["cost"] = [cost_table(args)]
+    if "accuracy" in args.parts:
+        out["accuracy"] = [accuracy_table(args)]
+    return out
+
+
+def _common(args) -> tuple[bool, str]:
+    return args.smoke, "model=hrnet_w18" if args.smoke else "model=hrnet_w32"
+
+
+def cost_table(args) -> Table:
+    smoke, model = _common(args)
     size = 64 if smoke else args.cost_size
     batch = args.batch_size or (2 if smoke or args.device.type == "cpu" else 16)
     common = [model, "task=landmarks", f"data.image_size=[{size},{size}]", f"data.batch_size={batch}"]
@@ -103,7 +122,11 @@ def run(args) -> list[Table]:
     cost.notes.append("ratios: variant / default. Peak memory of training above the model and batch: on a CPU "
                       "the process's peak RSS over its RSS before the first step, on a GPU max_memory_allocated "
                       "over the memory allocated then (activations, gradients, targets, AdamW state).")
+    return cost
 
+
+def accuracy_table(args) -> Table:
+    smoke, model = _common(args)
     epochs = args.epochs or (1 if smoke else 8)
     acc = Table(f"Heatmap resolution: accuracy after the same steps (default job's data and input, {epochs} "
                 f"epochs, seed 0)", ["heatmaps", "best val MRE px", "at epoch", "test MRE px", "train s"])
@@ -119,8 +142,18 @@ def run(args) -> list[Table]:
             acc.add(name, r["val_mre"], r["epoch"], r["test_mre"], r["train_s"])
     acc.notes.append("MRE in original-image pixels; both variants decode with DARK sub-pixel refinement; "
                      "full resolution uses sigma 8 (= 2 x stride 4) so the Gaussian is the same in image pixels.")
-    return [cost, acc]
+    return acc
+
+
+def main(argv: list[str] | None = None) -> None:
+    args = build_parser().parse_args(argv)
+    startup(args.threads)
+    args.device = pick_device(args.device)
+    for part, tables in run(args).items():
+        for t in tables:
+            t.print()
+        print(f"written: {write_results(RESULT_NAMES[part], tables, args.device, args.out)}")
 
 
 if __name__ == "__main__":
-    main(NAME, run, build_parser())
+    main()

@@ -389,6 +389,16 @@ def run(args) -> list[Table]:
 TABLES = {"scratch_timm": scratch_vs_timm, "latency": inference, "scaling": scaling}
 
 
+def main(argv: list[str] | None = None) -> None:
+    """Each table to its own results file (``models_<table>-<device>``), so each can be rerun alone."""
+    args = build_parser().parse_args(argv)
+    common.startup(args.threads)
+    args.device = common.pick_device(args.device)
+    for name, table in zip(args.tables, run(args)):
+        table.print()
+        print(f"written: {common.write_results(f'{NAME}_{name}', [table], args.device, args.out)}")
+
+
 def build_parser():
     p = common.parser(__doc__.splitlines()[0])
     p.add_argument("--batch", type=int, default=None,
@@ -401,4 +411,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    common.main(NAME, run, build_parser())
+    main()

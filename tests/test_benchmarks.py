@@ -57,7 +57,8 @@ def test_data_pipeline_smoke(smoke_results):
 
 
 def test_heatmap_resolution_smoke(smoke_results):
-    cost, acc = _tables(smoke_results, "heatmap_resolution")
+    (cost,) = _tables(smoke_results, "heatmap_resolution")
+    (acc,) = _tables(smoke_results, "heatmap_resolution_accuracy")
     quarter, full = _column(cost, "targets (K x h x w)")
     # 40 landmarks; 1/4 resolution of the 64x64 smoke input against the full input.
     assert (quarter, full) == ("40 x 16 x 16", "40 x 64 x 64")
@@ -66,7 +67,8 @@ def test_heatmap_resolution_smoke(smoke_results):
 
 
 def test_models_smoke(smoke_results):
-    scratch_timm, latency, scaling = _tables(smoke_results, "models")
+    (scratch_timm,), (latency,), (scaling,) = (_tables(smoke_results, f"models_{name}")
+                                                for name in ("scratch_timm", "latency", "scaling"))
     for row in scratch_timm["rows"]:
         cells = dict(zip(scratch_timm["columns"], row))
         assert math.isclose(cells["step ratio"], cells["scratch step ms"] / cells["timm step ms"], rel_tol=1e-9)
@@ -92,6 +94,7 @@ def test_throughput_smoke(smoke_results):
 
 def test_the_index_holds_every_benchmark_and_says_the_gpu_is_not_measured(smoke_results):
     index = (smoke_results / "README.md").read_text()
-    for name in ("overhead", "models", "data_pipeline", "heatmap_resolution", "throughput"):
+    for name in ("overhead", "models_scratch_timm", "models_latency", "models_scaling", "data_pipeline",
+                 "heatmap_resolution", "heatmap_resolution_accuracy", "throughput"):
         assert f"## {name} (cpu)" in index, name
     assert "GPU: not yet measured" in index
