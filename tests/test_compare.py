@@ -315,3 +315,24 @@ def test_sweep_report_lists_each_jobs_status_and_why_the_others_did_not_finish(s
     # the comparison of the sweep is written beside it, with the finished jobs' best MRE
     rows = {r["run"]: r for r in read_csv_rows(sweep / "comparison.csv")}
     assert float(rows["0"][MRE]) == 6.0 and float(rows["1"][MRE]) == 5.0
+
+
+def test_the_plot_labels_runs_by_their_own_overrides_on_whole_epochs(tmp_path):
+    from hrexp.reports.plot import figure
+    from hrexp.reports.runs import find_runs, load_run, run_names
+
+    for job, lr in (("0", "0.001"), ("1", "0.0001"), ("2", "0.0001")):
+        folder = write_run(tmp_path / "sweep" / job, val_rows=W32_VAL)
+        (folder / ".hydra").mkdir()
+        (folder / ".hydra" / "overrides.yaml").write_text(f"- model=hrnet_w32\n- optimizer.lr={lr}\n")
+    write_run(tmp_path / "sweep" / "3", val_rows=W32_VAL)  # no overrides: its name
+    paths = find_runs([tmp_path / "sweep"])
+    runs = [load_run(p, n) for p, n in run_names(paths).items()]
+    fig, _ = figure(runs, "val/mre", mode="min")
+    curve, bars = fig.axes
+    expected = ["optimizer.lr=0.001", "1: optimizer.lr=0.0001", "2: optimizer.lr=0.0001", "3"]
+    assert [t.get_text() for t in curve.get_legend().get_texts()] == expected
+    assert [t.get_text() for t in bars.get_xticklabels()] == expected
+    fig.canvas.draw()
+    ticks = [t for t in curve.get_xticks() if curve.get_xlim()[0] <= t <= curve.get_xlim()[1]]
+    assert ticks and all(float(t).is_integer() for t in ticks)
