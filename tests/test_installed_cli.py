@@ -108,4 +108,6 @@ def test_hrexp_command_dispatches_and_explains_itself(installed):
     helped = _run([str(bin_dir / "hrexp"), "train", "--help"], cwd=work, env=env)
     assert "hrexp train" in helped.stdout and "model" in helped.stdout  # Hydra's help lists the config groups
     usage = subprocess.run([str(bin_dir / "hrexp")], cwd=work, env=env, capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: hrexp {train,eval,compare}" in usage.stderr
+    assert usage.returncode == 2 and "usage: hrexp {train,eval,export,compare}" in usage.stderr
+    exported = _run([str(bin_dir / "hrexp-export"), "--help"], cwd=work, env=env)  # its own config, installed
+    assert "ckpt_path: ???" in exported.stdout and "decode: false" in exported.stdout

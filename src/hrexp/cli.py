@@ -1,4 +1,5 @@
-"""The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-compare``, and ``hrexp <command>``.
+"""The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-export``, ``hrexp-compare``, and
+``hrexp <command>``.
 
 They work from any folder: the configs ship inside the package (``hrexp/conf``), runs are written
 under the current folder (``logs/``), and a user's own config folder joins the search path with
@@ -54,6 +55,20 @@ def evaluate(project_root: str | Path | None = None) -> None:
     _eval_app()
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="export")
+def _export_app(cfg: DictConfig) -> None:
+    from hrexp.export.export_run import export as run_export
+
+    run_export(cfg)
+
+
+def export(project_root: str | Path | None = None) -> None:
+    """``hrexp-export ckpt_path=<file.ckpt> [format=onnx] [decode=true] [batch=dynamic|fixed]``: a deployable
+    network file, checked with onnxruntime."""
+    startup(project_root)
+    _export_app()
+
+
 def compare(argv: Sequence[str] | None = None) -> int:
     """``hrexp-compare <run or sweep folders> [--out ...]``: the comparison report of finished runs."""
     from hrexp.compare import main  # calls startup() itself, as `python -m hrexp.compare` does
@@ -61,11 +76,11 @@ def compare(argv: Sequence[str] | None = None) -> int:
     return main(None if argv is None else list(argv))
 
 
-COMMANDS = {"train": train, "eval": evaluate, "compare": compare}
+COMMANDS = {"train": train, "eval": evaluate, "export": export, "compare": compare}
 
 
 def main() -> int:
-    """``hrexp <train|eval|compare> [arguments]``: the commands above under one name."""
+    """``hrexp <train|eval|export|compare> [arguments]``: the commands above under one name."""
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(f"usage: hrexp {{{','.join(COMMANDS)}}} [arguments]\n\n{__doc__}", file=sys.stderr)
         return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2

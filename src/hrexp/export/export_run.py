@@ -1,0 +1,94 @@
+"""``export(cfg)``: the body of ``export.py``. A checkpoint to an ONNX file, checked with onnxruntime.
+
+Needs only the checkpoint: the model, task, input size and what the data told the task (keypoint
+count, classes) are all stored in it, so no training data has to be at hand.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import rich
+import torch
+from hydra.utils import get_class
+from omegaconf import DictConfig, OmegaConf
+
+from hrexp.export.onnx_export import (MAP_TOLERANCE, POINT_TOLERANCE_PX, DeployModel, ExportError, check_onnx,
+                                      export_onnx)
+from hrexp.run_record import write_json
+from hrexp.training.build import ConfigError, build_module
+from hrexp.training.eval_run import load_checkpoint, load_weights
+from hrexp.training.checkpoint_config import upgrade_targets
+
+log = logging.getLogger(__name__)
+
+FORMATS = ("onnx",)
+BATCH_MODES = ("dynamic", "fixed")
+
+
+def checkpoint_data(run_cfg: DictConfig, dataset_meta: dict[str, Any]) -> SimpleNamespace:
+    """What :func:`~hrexp.training.build.build_module` needs of a datamodule, read from the checkpoint's
+    config: the training input size (under the family's own option, e.g. ``data.crop_size``) and meta."""
+    option = getattr(get_class(run_cfg.data._target_), "input_size_option", "data.image_size")
+    size = OmegaConf.select(run_cfg, option)
+    if size is None:
+        raise ConfigError(f"the checkpoint's config has no {option}: cannot tell the network's input size")
+    return SimpleNamespace(input_size=tuple(int(s) for s in size), input_size_option=option,
+                           dataset_meta=dataset_meta)
+
+
+def export(cfg: DictConfig) -> dict[str, Any]:
+    """Export ``cfg.ckpt_path``; write ``export.json`` (file, options, check) to the run folder.
+
+    Raises:
+        ConfigError: an unknown ``format`` or ``batch``, or a bad ``batch_size``.
+        ExportError: the export failed, or (``check=true``) its outputs are further from PyTorch's than
+            1e-4 (maps) or 0.05 px (decoded points).
+    """
+    if cfg.format not in FORMATS:
+        raise ConfigError(f"format={cfg.format!r}: expected one of {list(FORMATS)}")
+    if cfg.batch not in BATCH_MODES:
+        raise ConfigError(f"batch={cfg.batch!r}: expected one of {list(BATCH_MODES)}")
+    if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
+        raise ConfigError(f"batch_size={cfg.batch_size!r}: expected a positive integer")
+    out_dir = Path(cfg.paths.output_dir)
+    ckpt = load_checkpoint(cfg.ckpt_path)
+    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
+    if "pretrained" in run_cfg.model:
+        run_cfg.model.pretrained = False  # the checkpoint holds the trained weights
+    run_cfg.speed = None  # exported as plain eager modules
+    meta = dict(ckpt["hrexp"].get("dataset_meta") or {})
+    data = checkpoint_data(run_cfg, meta)
+    module = build_module(run_cfg, data)
+    load_weights(module, ckpt, run_cfg, str(cfg.ckpt_path), meta)
+    model = DeployModel(module, decode=bool(cfg.decode)).eval()
+
+    path = Path(cfg.output) if cfg.get("output") else out_dir / "model.onnx"
+    export_onnx(model, path, data.input_size, dynamic_batch=cfg.batch == "dynamic", batch_size=cfg.batch_size,
+                opset=int(cfg.opset))
+    summary: dict[str, Any] = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "file": str(path.resolve()),
+                               "format": cfg.format, "input": {"name": "images", "size": list(data.input_size)},
+                               "batch": cfg.batch if cfg.batch == "dynamic" else cfg.batch_size,
+                               "outputs": model.output_names, "decode": bool(cfg.decode)}
+    if cfg.check:
+        generator = torch.Generator().manual_seed(0)
+        sizes = [1, 3] if cfg.batch == "dynamic" else [cfg.batch_size]
+        checks = [check_onnx(model, path, torch.randn(n, 3, *data.input_size, generator=generator)) for n in sizes]
+        worst_maps = max(c.max_map_difference for c in checks)
+        points = [c.max_point_difference_px for c in checks if c.max_point_difference_px is not None]
+        summary["check"] = {"onnxruntime": True, "batch_sizes": sizes, "max_map_difference": worst_maps,
+                            "max_point_difference_px": max(points) if points else None,
+                            "tolerances": {"maps": MAP_TOLERANCE, "points_px": POINT_TOLERANCE_PX}}
+        if not all(c.ok for c in checks):
+            write_json(out_dir / "export.json", summary)
+            raise ExportError(f"{path}: onnxruntime's outputs differ from PyTorch's beyond the tolerances: "
+                              f"maps {worst_maps:.3g} (at most {MAP_TOLERANCE}), points "
+                              f"{summary['check']['max_point_difference_px']} px (at most {POINT_TOLERANCE_PX})")
+    write_json(out_dir / "export.json", summary)
+    rich.print(f"[bold]Exported[/bold] {cfg.ckpt_path} -> {path} ({', '.join(model.output_names)})"
+               + (f"; onnxruntime matches PyTorch: maps {summary['check']['max_map_difference']:.2g}, points "
+                  f"{summary['check']['max_point_difference_px']} px" if cfg.check else ""))
+    return summary
