@@ -123,6 +123,10 @@ def test_gpu_fast_turns_on_the_set_and_single_options_still_override_it(compose_
     assert cfg.trainer.plugins[0]._target_.endswith("AtomicCheckpointIO")
     cfg = compose_cfg(["trainer=gpu_fast", "speed.compile=false", "trainer.precision=32"])
     assert (cfg.speed.compile, cfg.trainer.precision, cfg.speed.channels_last) == (False, 32, True)
+    # the README's several-GPU line composes
+    cfg = compose_cfg(["trainer=gpu_fast", "trainer.devices=4", "+trainer.strategy=ddp_find_unused_parameters_true",
+                       "+trainer.sync_batchnorm=true"])
+    assert (cfg.trainer.devices, cfg.trainer.sync_batchnorm, cfg.speed.compile) == (4, True, True)
     default = compose_cfg([])
     assert (default.speed.channels_last, default.speed.compile, default.trainer.benchmark) == (False, False, None)
 
