@@ -36,6 +36,7 @@ def _eval_single_and_ddp(run: Path, tmp_path: Path, cache_dir: Path) -> dict[str
     return values
 
 
+@pytest.mark.slow  # ~70 s: a DDP run on 2 gloo processes and its single-process eval
 def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
     """An odd validation set (5 images) on 2 ranks: MRE, SDR and the loss count each image once."""
     run = tmp_path / "ddp"

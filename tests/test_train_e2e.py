@@ -93,7 +93,10 @@ def test_eval_with_a_data_override_scores_the_checkpoint_on_that_data(trained_ru
     """The run's test set, read through data=landmarks_csv instead of the synthetic module: same numbers."""
     run_dir, _ = trained_run
     record = json.loads((run_dir / "results.json").read_text())
-    test_csv = Path(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]["cache_dir"]) / "test.csv"
+    from hydra.utils import instantiate
+
+    # The synthetic set's folder for this run's parameters (one folder per parameter set in the cache)
+    test_csv = instantiate(yaml.safe_load((run_dir / "config.yaml").read_text())["data"]).cache_dir / "test.csv"
     out = tmp_path / "eval"
     run_script("eval.py", [f"ckpt_path={record['test']['checkpoint']}", "data=landmarks_csv", f"data.csv={test_csv}",
                            f"data.test_csv={test_csv}", "data.image_size=[64,32]", f"hydra.run.dir={out}"], cache_dir)
