@@ -223,15 +223,16 @@ def write_results(name: str, tables: list[Table], device, out: Path, command: li
     return out / f"{stem}.md"
 
 
-def main(name: str, run: Callable[[argparse.Namespace], list[Table]], p: argparse.ArgumentParser,
-         argv: list[str] | None = None) -> list[Table]:
-    """Parse, run, print and write one benchmark (each module's ``__main__``)."""
+def main(name: str, run: Callable[[argparse.Namespace], list[Table] | dict[str, list[Table]]],
+         p: argparse.ArgumentParser, argv: list[str] | None = None) -> None:
+    """Parse, run, print and write one benchmark (each module's ``__main__``). ``run`` returns its tables
+    (written as ``<name>-<device>``) or, for a benchmark whose parts are rerun alone, a mapping from
+    results-file name to tables."""
     args = p.parse_args(argv)
     startup(args.threads)
     args.device = pick_device(args.device)
-    tables = run(args)
-    for t in tables:
-        t.print()
-    path = write_results(name, tables, args.device, args.out)
-    print(f"written: {path}")
-    return tables
+    results = run(args)
+    for file_name, tables in (results.items() if isinstance(results, dict) else [(name, results)]):
+        for t in tables:
+            t.print()
+        print(f"written: {write_results(file_name, tables, args.device, args.out)}")

@@ -21,8 +21,8 @@ from __future__ import annotations
 import tempfile
 from pathlib import Path
 
-from benchmarks.common import (Table, current_rss_mb, in_fresh_process, median, parser, pick_device, rss_mb,
-                               seconds_per_call, startup, write_results)
+from benchmarks.common import (Table, current_rss_mb, in_fresh_process, main, median, parser, rss_mb,
+                               seconds_per_call)
 
 NAME = "heatmap_resolution"
 RESULT_NAMES = {"cost": NAME, "accuracy": f"{NAME}_accuracy"}
@@ -90,12 +90,12 @@ def accuracy(overrides: list[str], out: Path) -> dict:
 
 
 def run(args) -> dict[str, list[Table]]:
-    """The tables of each part asked for, by part."""
+    """The tables of each part asked for, by results-file name."""
     out = {}
     if "cost" in args.parts:
-        out["cost"] = [cost_table(args)]
+        out[RESULT_NAMES["cost"]] = [cost_table(args)]
     if "accuracy" in args.parts:
-        out["accuracy"] = [accuracy_table(args)]
+        out[RESULT_NAMES["accuracy"]] = [accuracy_table(args)]
     return out
 
 
@@ -145,15 +145,5 @@ def accuracy_table(args) -> Table:
     return acc
 
 
-def main(argv: list[str] | None = None) -> None:
-    args = build_parser().parse_args(argv)
-    startup(args.threads)
-    args.device = pick_device(args.device)
-    for part, tables in run(args).items():
-        for t in tables:
-            t.print()
-        print(f"written: {write_results(RESULT_NAMES[part], tables, args.device, args.out)}")
-
-
 if __name__ == "__main__":
-    main()
+    main(NAME, run, build_parser())

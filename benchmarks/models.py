@@ -376,27 +376,18 @@ def settings(args) -> dict:
     return s
 
 
-def run(args) -> list[Table]:
+def run(args) -> dict[str, list[Table]]:
+    """Each table to its own results file (``models_<table>-<device>``), so each can be rerun alone."""
     if args.smoke and args.threads is None:
         # A smoke run checks that the benchmark works, often beside other jobs: with every core's
         # OpenMP thread contended, a step can take 100x longer. The workers get the same count.
         args.threads = 1
         torch.set_num_threads(1)
     s = settings(args)
-    return [TABLES[name](args, s) for name in args.tables]
+    return {f"{NAME}_{name}": [TABLES[name](args, s)] for name in args.tables}
 
 
 TABLES = {"scratch_timm": scratch_vs_timm, "latency": inference, "scaling": scaling}
-
-
-def main(argv: list[str] | None = None) -> None:
-    """Each table to its own results file (``models_<table>-<device>``), so each can be rerun alone."""
-    args = build_parser().parse_args(argv)
-    common.startup(args.threads)
-    args.device = common.pick_device(args.device)
-    for name, table in zip(args.tables, run(args)):
-        table.print()
-        print(f"written: {common.write_results(f'{NAME}_{name}', [table], args.device, args.out)}")
 
 
 def build_parser():
@@ -411,4 +402,4 @@ def build_parser():
 
 
 if __name__ == "__main__":
-    main()
+    common.main(NAME, run, build_parser())
