@@ -90,3 +90,35 @@ def test_the_ground_truth_corners_give_the_ground_truth_angles(split):
     # landmarks.csv stores the corners normalised to [0, 1] (5-6 digits), angles.csv 5 significant digits
     assert error.max() < 0.05, error.max(axis=0)
     assert cobb_smape(predicted, truth) < 0.01
+
+
+def test_the_report_scores_predicted_corners_against_angles_csv(tmp_path):
+    """eval's Cobb section on the real test split: the truth is angles.csv (by file name); the predicted
+    angles and the SMAPE equal those computed here from the same corners."""
+    import csv
+
+    from hrexp.data.landmarks.datamodule import AasceDataModule
+    from hrexp.evaluation.context import ReportContext
+    from hrexp.evaluation.landmark_report import cobb_section
+
+    root = shared_path("spine_aasce")
+    datamodule = AasceDataModule(root=root, image_size=[256, 128], batch_size=2, num_workers=0)
+    datamodule.setup()
+    records = datamodule.splits["test"].records[:12]
+    rng = np.random.default_rng(0)
+    samples = [{"index": i, "keypoints": r.keypoints + rng.normal(0, 8, r.keypoints.shape),
+                "keypoints_orig": r.keypoints, "visible_orig": np.ones(68)} for i, r in enumerate(records)]
+    ctx = ReportContext(tmp_path, None, datamodule, "test")
+    section = cobb_section(samples, ctx)
+    truth = np.loadtxt(root / "labels" / "test" / "angles.csv", delimiter=",")
+    names = [n.strip() for n in (root / "labels" / "test" / "filenames.csv").read_text().splitlines()]
+    truth = np.array([truth[names.index(r.image_path.name)] for r in records])
+    predicted = np.array([cobb_angles(s["keypoints"], r.size[0]).angles for s, r in zip(samples, records)])
+    assert ctx.facts["cobb"]["truth"] == "angles.csv"
+    assert ctx.facts["cobb"]["smape"] == pytest.approx(cobb_smape(predicted, truth), rel=1e-12)
+    assert 1 < ctx.facts["cobb"]["smape"] < 60  # 8 px of corner noise: clearly off, not absurd
+    with open(tmp_path / "cobb_angles.csv") as fh:
+        rows = list(csv.DictReader(fh))
+    assert np.allclose([[float(r[f"pred_{j}"]) for j in (1, 2, 3)] for r in rows], predicted)
+    assert np.allclose([[float(r[f"true_{j}"]) for j in (1, 2, 3)] for r in rows], truth)
+    assert section.title == "Cobb angles"

@@ -256,3 +256,29 @@ def test_blur_kernel_option_is_validated_and_used():
     hm, centres = _synthetic_set(2.0, 0.0, seed=3, n=50)
     out, _ = codec.decode(hm, stride=1.0)
     assert (out[0] - centres).norm(dim=-1).max().item() < 0.05
+
+
+def test_spread_is_the_peak_width_in_input_pixels():
+    """An encoded Gaussian's spread is about sigma * sqrt(2) * stride (radial std), as NumPy computes it on the
+    same window; a second peak next to the first widens it."""
+    import math
+
+    import numpy as np
+
+    codec = GaussianHeatmapCodec(sigma=2.0)
+    keypoints = torch.tensor([[[61.3, 45.8], [30.0, 30.0]]], dtype=torch.float64)
+    heatmaps, _ = codec.encode(keypoints, torch.ones(1, 2), heatmap_size=(32, 32), stride=4.0)
+    spread = codec.spread(heatmaps, stride=4.0)
+    hm = heatmaps[0, 0].numpy()
+    py, px = np.unravel_index(hm.argmax(), hm.shape)
+    ys, xs = np.mgrid[0:32, 0:32]
+    window = (abs(xs - px) <= 6) & (abs(ys - py) <= 6)
+    w = np.where(window, hm, 0)
+    mx, my = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
+    expected = math.sqrt((w * ((xs - mx) ** 2 + (ys - my) ** 2)).sum() / w.sum()) * 4.0
+    assert float(spread[0, 0]) == pytest.approx(expected, rel=1e-9)
+    assert float(spread[0, 0]) == pytest.approx(2.0 * math.sqrt(2) * 4.0, rel=0.03)
+    two = heatmaps.clone()
+    two[0, 0] = torch.maximum(two[0, 0], 0.9 * two[0, 0].roll(4, dims=-1))
+    # two equal Gaussians 4 cells apart: variance + (4 / 2)^2 in x, sqrt(8 + 4) / sqrt(8) = 1.22 (0.9 of a peak: a little less)
+    assert float(codec.spread(two, stride=4.0)[0, 0]) > 1.15 * float(spread[0, 0])

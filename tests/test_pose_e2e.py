@@ -87,6 +87,19 @@ def test_eval_from_the_best_ap_checkpoint_reproduces_the_logged_val_ap(pose_run,
     assert summary["metrics"]["val/AP"] == pytest.approx(best["value"], abs=1e-9)
     logged = [r for r in read_rows(pose_run, "val/AP") if int(r["epoch"]) == best["epoch"]][0]
     assert summary["metrics"]["val/AR"] == pytest.approx(float(logged["val/AR"]), abs=1e-6)
+    # The report: PCK counts every labelled keypoint of the file's people once; the gallery's worst instance
+    # is the one with the largest error; the AP table shows the metric eval logged.
+    coco = json.loads((shared_path("pose_coco_samples", "coco") / "test_coco.json").read_text())
+    labelled = sum(1 for a in coco["annotations"] if not a.get("iscrowd") and a.get("num_keypoints", 0) > 0
+                   for v in a["keypoints"][2::3] if v > 0)
+    with open(out / "pck.csv") as fh:
+        pck = {r["keypoint"]: r for r in csv.DictReader(fh)}
+    assert int(pck["all keypoints"]["n"]) == labelled and len(pck) == 18
+    with open(out / "per_instance.csv") as fh:
+        instances = [r for r in csv.DictReader(fh) if r["mean_error_over_box"]]
+    worst = max(instances, key=lambda r: float(r["mean_error_over_box"]))
+    assert json.loads((out / "report.json").read_text())["gallery_worst"][0] == int(worst["index"])
+    assert f"{summary['metrics']['val/AP']:.4g}" in (out / "report.html").read_text()
 
 
 @pytest.mark.slow  # one real COCO training run (~1.5 min) shared by three tests

@@ -13,6 +13,8 @@ import torch
 from hrexp.losses.segmentation import SegmentationLoss
 from hrexp.metrics.segmentation import SegmentationMetrics
 from hrexp.models.heads import HeatmapHead
+from hrexp.reports.eval_plots import png_size
+from hrexp.reports.html_report import embedded_images
 from hrexp.tasks.segmentation import SegmentationTask
 from hrexp.training.build import ConfigError, build_module
 from tests.helpers import run_script, shared_path, write_image
@@ -156,6 +158,17 @@ def test_eval_from_the_best_miou_checkpoint_reproduces_the_logged_value(seg_run,
     assert list(rows) == ["background", "polyp"] and summary["tables"]["per_class"].endswith("per_class.csv")
     for name, row in rows.items():
         assert float(row["iou"]) == pytest.approx(summary["metrics"][f"val/iou_{name}"], rel=1e-6)
+    # The report: per-class rows come from per-sample confusion matrices, the metric from its own states.
+    assert sum(int(r["pixels_true"]) for r in rows.values()) > 0
+    images = list(csv.DictReader(open(out / "per_image.csv")))
+    assert len(images) == 6  # limit_test_batches=6, one image per evaluation batch
+    scored = sorted((float(r["foreground_iou"]), int(r["index"])) for r in images if r["foreground_iou"])
+    facts = json.loads((out / "report.json").read_text())
+    assert facts["gallery_worst"] == [index for _, index in scored[:4]]
+    width, height = png_size(out / "confusion_matrix.png")
+    assert 300 <= width <= 2000 and 200 <= height <= 2000
+    html = (out / "report.html").read_text()
+    assert len(embedded_images(html)) == 3  # confusion matrix, worst and best galleries
 
 
 def test_eval_on_data_with_other_classes_names_both_counts(seg_run, cache_dir, tmp_path):
@@ -173,3 +186,12 @@ def test_eval_on_data_with_other_classes_names_both_counts(seg_run, cache_dir, t
     assert proc.returncode != 0 and "AttributeError" not in output
     assert "trained on data=kvasir (num_classes=2)" in output and "data=seg_folder (num_classes=3)" in output
     assert "task.head" in output and "checkpoint [2" in output
+
+
+def test_a_segmentation_ensemble_is_refused_before_scoring(seg_run, cache_dir, tmp_path):
+    """Seed ensembles average keypoints; segmentation has no combined scoring and says so by option."""
+    record = json.loads((seg_run / "results.json").read_text())
+    best, last = record["checkpoints"]["checkpoint_best_metric"]["path"], str(seg_run / "checkpoints" / "last.ckpt")
+    proc = run_script("eval.py", [f"ckpt_path=[{best},{last}]", f"hydra.run.dir={tmp_path}"], cache_dir, check=False)
+    assert proc.returncode != 0
+    assert "ckpt_path: 2 checkpoints (a seed ensemble), but task=segmentation cannot score" in proc.stdout + proc.stderr

@@ -1,5 +1,5 @@
-"""The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-export``, ``hrexp-compare``, and
-``hrexp <command>``.
+"""The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-export``, ``hrexp-predict``,
+``hrexp-compare``, and ``hrexp <command>``.
 
 They work from any folder: the configs ship inside the package (``hrexp/conf``), runs are written
 under the current folder (``logs/``), and a user's own config folder joins the search path with
@@ -8,6 +8,7 @@ Hydra's ``--config-dir <folder>`` (or ``hydra.searchpath=[file://<folder>]``)::
     hrexp-train model=hrnet_w32 task=landmarks data=landmarks_csv data.csv=/data/spines/train.csv
     hrexp-train --config-dir my_configs experiment=my_experiment
     hrexp-eval ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt
+    hrexp-predict ckpt_path=logs/train/runs/<run>/checkpoints/last.ckpt input=new_images/ overlays=true
     hrexp-compare logs/train/multiruns/<sweep>
     hrexp train model=unet          # the same, as one command with sub-commands (litpose / sleap-nn style)
 
@@ -69,6 +70,20 @@ def export(project_root: str | Path | None = None) -> None:
     _export_app()
 
 
+@hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="predict")
+def _predict_app(cfg: DictConfig) -> None:
+    from hrexp.prediction.predict_run import predict as run_predict
+
+    run_predict(cfg)
+
+
+def predict(project_root: str | Path | None = None) -> None:
+    """``hrexp-predict ckpt_path=<file.ckpt> input=<image|folder|glob> [output=<folder>] [overlays=true]``:
+    predictions on new images, in original pixels."""
+    startup(project_root)
+    _predict_app()
+
+
 def compare(argv: Sequence[str] | None = None) -> int:
     """``hrexp-compare <run or sweep folders> [--out ...]``: the comparison report of finished runs."""
     from hrexp.compare import main  # calls startup() itself, as `python -m hrexp.compare` does
@@ -76,11 +91,11 @@ def compare(argv: Sequence[str] | None = None) -> int:
     return main(None if argv is None else list(argv))
 
 
-COMMANDS = {"train": train, "eval": evaluate, "export": export, "compare": compare}
+COMMANDS = {"train": train, "eval": evaluate, "export": export, "predict": predict, "compare": compare}
 
 
 def main() -> int:
-    """``hrexp <train|eval|export|compare> [arguments]``: the commands above under one name."""
+    """``hrexp <train|eval|export|predict|compare> [arguments]``: the commands above under one name."""
     if len(sys.argv) < 2 or sys.argv[1] not in COMMANDS:
         print(f"usage: hrexp {{{','.join(COMMANDS)}}} [arguments]\n\n{__doc__}", file=sys.stderr)
         return 0 if len(sys.argv) > 1 and sys.argv[1] in ("-h", "--help") else 2

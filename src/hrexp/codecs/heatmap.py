@@ -206,6 +206,37 @@ class GaussianHeatmapCodec:
             return keypoints[0], scores[0]
         return keypoints, scores
 
+    def spread(self, heatmaps: Tensor, stride: float) -> Tensor:
+        """How wide each heatmap's peak is: a confidence that :meth:`decode`'s peak value does not give.
+
+        The radial standard deviation ``sqrt(var_x + var_y)`` of the map's positive part within
+        ``ceil(3 * sigma)`` heatmap pixels of its maximum, in input pixels. A sharp, isolated peak
+        has about the encoded width (``sigma * sqrt(2) * stride``); a flat or two-peaked map a wider one.
+
+        Args:
+            heatmaps: ``[B, K, h, w]`` heatmaps.
+            stride: Input pixels per heatmap pixel.
+
+        Returns:
+            ``[B, K]`` spreads in input pixels (0 for a map with no positive value near its maximum).
+        """
+        heatmaps = heatmaps.double() if heatmaps.dtype == torch.float64 else heatmaps.float()
+        b, k, h, w = heatmaps.shape
+        idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
+        px, py = (idx % w).to(heatmaps.dtype), torch.div(idx, w, rounding_mode="floor").to(heatmaps.dtype)
+        xs = torch.arange(w, dtype=heatmaps.dtype, device=heatmaps.device)
+        ys = torch.arange(h, dtype=heatmaps.dtype, device=heatmaps.device)
+        radius = math.ceil(3 * self.sigma)
+        near_x = (xs[None, None, :] - px[..., None]).abs() <= radius  # [B, K, w]
+        near_y = (ys[None, None, :] - py[..., None]).abs() <= radius  # [B, K, h]
+        weight = heatmaps.clamp(min=0) * (near_y[..., :, None] & near_x[..., None, :])
+        total = weight.sum(dim=(-2, -1)).clamp(min=torch.finfo(heatmaps.dtype).tiny)
+        mean_x = (weight.sum(dim=-2) * xs).sum(dim=-1) / total
+        mean_y = (weight.sum(dim=-1) * ys).sum(dim=-1) / total
+        var_x = (weight.sum(dim=-2) * (xs - mean_x[..., None]) ** 2).sum(dim=-1) / total
+        var_y = (weight.sum(dim=-1) * (ys - mean_y[..., None]) ** 2).sum(dim=-1) / total
+        return torch.sqrt(var_x + var_y) * stride
+
     @staticmethod
     def _quarter_offsets(hm: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:
         """Quarter-pixel shift towards the higher neighbour per axis (0 on borders and ties)."""

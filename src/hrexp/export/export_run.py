@@ -40,6 +40,21 @@ def checkpoint_data(run_cfg: DictConfig, dataset_meta: dict[str, Any]) -> Simple
                            dataset_meta=dataset_meta)
 
 
+def module_from_checkpoint(ckpt_path: str | Path) -> tuple[Any, DictConfig, SimpleNamespace]:
+    """The trained module (eval mode, plain eager: no compile), the run's config and what it knew of its data
+    (:func:`checkpoint_data`), from the checkpoint alone: export and predict need no training data."""
+    ckpt = load_checkpoint(ckpt_path)
+    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
+    if "pretrained" in run_cfg.model:
+        run_cfg.model.pretrained = False  # the checkpoint holds the trained weights
+    run_cfg.speed = None
+    meta = dict(ckpt["hrexp"].get("dataset_meta") or {})
+    data = checkpoint_data(run_cfg, meta)
+    module = build_module(run_cfg, data)
+    load_weights(module, ckpt, run_cfg, str(ckpt_path), meta)
+    return module.eval(), run_cfg, data
+
+
 def export(cfg: DictConfig) -> dict[str, Any]:
     """Export ``cfg.ckpt_path``; write ``export.json`` (file, options, check) to the run folder.
 
@@ -55,15 +70,7 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r}: expected a positive integer")
     out_dir = Path(cfg.paths.output_dir)
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
-    if "pretrained" in run_cfg.model:
-        run_cfg.model.pretrained = False  # the checkpoint holds the trained weights
-    run_cfg.speed = None  # exported as plain eager modules
-    meta = dict(ckpt["hrexp"].get("dataset_meta") or {})
-    data = checkpoint_data(run_cfg, meta)
-    module = build_module(run_cfg, data)
-    load_weights(module, ckpt, run_cfg, str(cfg.ckpt_path), meta)
+    module, _, data = module_from_checkpoint(cfg.ckpt_path)
     model = DeployModel(module, decode=bool(cfg.decode)).eval()
 
     path = Path(cfg.output) if cfg.get("output") else out_dir / "model.onnx"

@@ -117,3 +117,40 @@ def overlay_mask(image: np.ndarray, labels: np.ndarray, alpha: float = 0.5, igno
     if scale > 1:
         out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
     return out
+
+
+def draw_skeleton(
+    image: np.ndarray,
+    keypoints: np.ndarray,
+    visible: np.ndarray | None,
+    skeleton: Sequence[tuple[int, int]],
+    color: tuple[int, int, int],
+    thickness: int = 2,
+    scale: int = 1,
+) -> np.ndarray:
+    """Draw the limbs of a skeleton: a line for each 0-based pair ``(i, j)`` whose two keypoints are
+    visible and finite. Coordinates and ``scale`` as in :func:`draw_keypoints` (draw the skeleton
+    first and the keypoints on the result with ``scale=1`` to have the dots on top of the lines).
+
+    Returns:
+        A new ``[H * scale, W * scale, 3]`` uint8 image.
+    """
+    scale = max(1, int(scale))
+    out = np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2), dtype=np.uint8)
+    if scale > 1:
+        out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    else:
+        out = out.copy()
+    points = np.asarray(keypoints, np.float64).reshape(-1, 2)
+    ok = np.all(np.isfinite(points), axis=1)
+    if visible is not None:
+        ok &= np.asarray(visible).astype(bool).reshape(-1)
+    shift = 4  # sub-pixel drawing, as draw_keypoints
+    px = np.round(np.nan_to_num((points + 0.5) * scale - 0.5) * (1 << shift)).astype(np.int64)
+    for i, j in skeleton:
+        if not (0 <= i < len(points) and 0 <= j < len(points)):
+            raise ValueError(f"skeleton pair ({i}, {j}) out of range for {len(points)} keypoints")
+        if ok[i] and ok[j]:
+            cv2.line(out, tuple(map(int, px[i])), tuple(map(int, px[j])), tuple(map(int, color)),
+                     max(1, int(thickness)), cv2.LINE_AA, shift)
+    return out

@@ -10,9 +10,13 @@ LightningModule, the run record, eval, the comparison, the W&B images) calls onl
 * directions: ``metric_mode(name)``, from each metric's own ``higher_is_better``;
 * reporting (defaults do nothing): ``baselines(datamodule)`` (reference scores that need no
   training, stored in the run record), ``summary_rows(record)`` (task lines of the run summary),
-  ``per_item_tables(stage)`` (eval's tables, e.g. ``per_landmark.csv``) and
+  ``per_item_tables(stage)`` (eval's tables, e.g. ``per_landmark.csv``),
   ``draw_predictions(images, batch, preds)`` (ground truth and prediction drawn on the inputs: the
-  W&B image panel).
+  W&B image panel and eval's galleries);
+* evaluation report (``eval.py``): ``sample_results(preds, batch)`` (each sample's predictions and
+  truth, small and on the CPU, collected during the test epoch), ``report(samples, context)`` (the
+  report's sections: tables, plots, galleries), ``combine_members(members)`` and
+  ``score_samples(samples)`` (seed ensembles: the members' mean prediction and its metrics).
 """
 
 from __future__ import annotations
@@ -27,6 +31,8 @@ from torch import nn
 from hrexp.metrics.direction import output_mode
 
 if TYPE_CHECKING:
+    from hrexp.evaluation.context import ReportContext
+    from hrexp.reports.html_report import Section
     from hrexp.run_record import RunRecord
 
 STAGES = ("val", "test")
@@ -154,3 +160,22 @@ class Task(nn.Module):
             scale: Integer enlargement of the pictures (small inputs become readable).
         """
         raise NotImplementedError(f"task {self.task_name!r} does not draw its predictions")
+
+    # ------------------------------------------------------------------ evaluation report hooks
+    def sample_results(self, preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Each sample's results of one evaluation batch for eval's report: ``{"index": i, ...}`` of NumPy
+        values. Collected by the module during ``trainer.test`` (gathered across DDP ranks); keep them small."""
+        return []
+
+    def report(self, samples: Sequence[Mapping[str, Any]], context: "ReportContext") -> list["Section"]:
+        """The task's sections of eval's ``report.html``, writing their tables and PNGs into the run folder."""
+        return []
+
+    def combine_members(self, members: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """Seed ensembles: one list of :meth:`sample_results` per member (same split, same order) -> the
+        ensemble's samples (mean prediction, spread across members)."""
+        raise NotImplementedError(f"task {self.task_name!r} has no seed ensembles")
+
+    def score_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """The stage metrics of given samples (an ensemble's mean prediction), as eval logs them (no prefix)."""
+        raise NotImplementedError(f"task {self.task_name!r} cannot score combined predictions")

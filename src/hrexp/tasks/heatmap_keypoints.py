@@ -112,8 +112,47 @@ class HeatmapKeypointTask(Task):
         if flipped_outputs is not None:
             heatmaps = 0.5 * (heatmaps + self.flip_back(flipped_outputs.detach().float()))
         keypoints, scores = self.codec.decode(heatmaps, stride=self.stride)
-        original = apply_affine(keypoints, invert_affine(batch["matrix"].float()))
-        return {"keypoints_input": keypoints, "keypoints": original, "scores": scores}
+        to_original = invert_affine(batch["matrix"].float())
+        original = apply_affine(keypoints, to_original)
+        preds = {"keypoints_input": keypoints, "keypoints": original, "scores": scores}
+        if hasattr(self.codec, "spread"):
+            # Input px -> original px: the affine's area scale (the warp is a similarity up to aspect).
+            scale = torch.linalg.det(to_original[:, :2, :2]).abs().sqrt()
+            preds["spread"] = self.codec.spread(heatmaps, stride=self.stride) * scale[:, None]
+        return preds
+
+    # Batch keys each sample's results carry besides the predictions (a task adds its metric's inputs).
+    sample_batch_keys: tuple[str, ...] = ("keypoints_orig", "visible_orig", "matrix")
+
+    def sample_results(self, preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Per sample: ``index``, predicted ``keypoints`` (original px), ``scores`` (peak values), ``spread``
+        (peak width, original px) and the batch's ``sample_batch_keys`` (truth, matrix, ...), as NumPy."""
+        columns = {key: preds[key] for key in ("keypoints", "scores", "spread") if key in preds}
+        columns.update({key: batch[key] for key in self.sample_batch_keys})
+        arrays = {key: value.detach().float().cpu().numpy().astype(np.float64) for key, value in columns.items()}
+        indices = batch["index"].cpu().tolist()
+        return [{"index": int(index), **{key: value[i] for key, value in arrays.items()}}
+                for i, index in enumerate(indices)]
+
+    def combine_members(self, members: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
+        """The members' mean keypoints (original px) and mean scores and spreads; ``member_spread`` is the
+        root-mean-square distance of the members' keypoints from that mean (the ensemble's uncertainty)."""
+        first = members[0]
+        for m, member in enumerate(members[1:], start=2):
+            if [s["index"] for s in member] != [s["index"] for s in first]:
+                raise ValueError(f"ensemble member {m} scored other samples than member 1: not the same split")
+        combined = []
+        for i, sample in enumerate(first):
+            points = np.stack([member[i]["keypoints"] for member in members])  # [M, K, 2]
+            mean = points.mean(axis=0)
+            out = {key: value for key, value in sample.items()}
+            out["keypoints"] = mean
+            for key in ("scores", "spread"):
+                if key in sample:
+                    out[key] = np.mean([member[i][key] for member in members], axis=0)
+            out["member_spread"] = np.sqrt(((points - mean) ** 2).sum(axis=-1).mean(axis=0))
+            combined.append(out)
+        return combined
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         raise NotImplementedError

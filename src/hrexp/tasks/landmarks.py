@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 from typing import TYPE_CHECKING, Any, Mapping, Sequence
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -31,6 +32,7 @@ class LandmarkTask(HeatmapKeypointTask):
     """
 
     task_name = "landmarks"
+    sample_batch_keys = ("keypoints_orig", "visible_orig", "matrix", "spacing")
 
     def __init__(self, head: Any, codec: Any, loss: nn.Module, feature_info: Sequence[Mapping[str, int]],
                  dataset_meta: Mapping[str, Any], sdr_radii: Sequence[float] = (4, 8, 12, 16, 20, 24),
@@ -73,3 +75,20 @@ class LandmarkTask(HeatmapKeypointTask):
         for i, name in enumerate(self.keypoint_names):
             rows.append({"landmark": name, **{k: finite_or_none(float(v[i])) for k, v in errors.items()}})
         return {"per_landmark": rows}
+
+    def report(self, samples: Sequence[Mapping[str, Any]], context: Any) -> list[Any]:
+        """Error tables, SDR curve, box plot, galleries, confidences, Cobb angles (AASCE layout), heatmaps and
+        feature maps on request (:mod:`hrexp.evaluation.landmark_report`)."""
+        from hrexp.evaluation.landmark_report import landmark_report
+
+        return landmark_report(self, samples, context)
+
+    def score_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+        """MRE / SDR of the samples' ``keypoints`` with a fresh :class:`LandmarkError` (an ensemble's mean)."""
+        metric = LandmarkError(self.num_keypoints, self.sdr_radii)
+
+        def stack(key: str) -> torch.Tensor:
+            return torch.as_tensor(np.stack([np.asarray(s[key], np.float64) for s in samples]))
+
+        metric.update(stack("keypoints"), stack("keypoints_orig"), stack("visible_orig"), stack("spacing"))
+        return {name: float(value) for name, value in metric.compute().items() if not math.isnan(float(value))}

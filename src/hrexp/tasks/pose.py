@@ -29,6 +29,7 @@ class PoseTask(HeatmapKeypointTask):
     """
 
     task_name = "pose"
+    sample_batch_keys = ("keypoints_orig", "visible_orig", "matrix", "image_id", "bbox_score")
 
     def __init__(self, head: Any, codec: Any, loss: nn.Module, feature_info: Sequence[Mapping[str, int]],
                  dataset_meta: Mapping[str, Any], flip_test: bool = True, score_threshold: float = 0.2,
@@ -62,3 +63,9 @@ class PoseTask(HeatmapKeypointTask):
     def is_defined(self, value: torch.Tensor) -> bool:
         """pycocotools reports -1 for an undefined value (e.g. no medium-sized person): not logged."""
         return float(value) >= 0
+
+    def report(self, samples: Sequence[Mapping[str, Any]], context: Any) -> list[Any]:
+        """AP/AR, PCK per keypoint, galleries with skeletons, confidences (:mod:`hrexp.evaluation.pose_report`)."""
+        from hrexp.evaluation.pose_report import pose_report
+
+        return pose_report(self, samples, context)

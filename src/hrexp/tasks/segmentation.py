@@ -165,3 +165,22 @@ class SegmentationTask(Task):
             out.append((pair, "ground truth | prediction" + ("" if math.isnan(accuracy) else
                                                            f", pixel accuracy {accuracy:.3f}")))
         return out
+
+    def sample_results(self, preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
+        """Per sample: its ``[C, C]`` confusion matrix (rows = truth, ignored pixels left out), as the metric counts."""
+        labels, masks = preds["labels"], batch["mask"]
+        c = self.num_classes
+        out = []
+        for i, index in enumerate(batch["index"].cpu().tolist()):
+            valid = masks[i] != self.ignore_index
+            key = masks[i][valid].long() * c + labels[i][valid].long()
+            confusion = torch.bincount(key, minlength=c * c).reshape(c, c)
+            out.append({"index": int(index), "confusion": confusion.cpu().numpy()})
+        return out
+
+    def report(self, samples: Sequence[Mapping[str, Any]], context: Any) -> list[Any]:
+        """IoU / Dice per class and image, the confusion matrix, overlay galleries
+        (:mod:`hrexp.evaluation.segmentation_report`)."""
+        from hrexp.evaluation.segmentation_report import segmentation_report
+
+        return segmentation_report(self, samples, context)

@@ -6,8 +6,11 @@ the per-item tables (``per_landmark.csv``, ``per_class.csv``, ...) from the task
 
 from __future__ import annotations
 
-import csv
+import dataclasses
+import glob
 import logging
+from dataclasses import dataclass
+from datetime import datetime
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -17,9 +20,13 @@ import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hrexp.evaluation.context import ReportContext, ReportOptions
+from hrexp.evaluation.tables import write_table_csv
+from hrexp.reports.html_report import Section, TableBlock, write_html
 from hrexp.run_record import write_json
+from hrexp.tasks.base import Task
 from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
 from hrexp.training.checkpoint_config import upgrade_targets
 from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
@@ -101,8 +108,41 @@ class SplitAsTest(pl.LightningDataModule):
         return self.datamodule.dataloader(self.split)
 
 
+def checkpoint_paths(value: Any) -> list[str]:
+    """``ckpt_path``: one file, a list of files, or a glob (a seed ensemble's members), in a stable order.
+
+    Raises:
+        ConfigError: A glob that matches no file, or an empty list.
+    """
+    items = list(value) if isinstance(value, (list, tuple, ListConfig)) else [value]
+    paths: list[str] = []
+    for item in items:
+        text = str(item)
+        if any(ch in text for ch in "*?["):
+            matches = sorted(glob.glob(text))
+            if not matches:
+                raise ConfigError(f"ckpt_path={text!r}: the pattern matches no file")
+            paths.extend(matches)
+        else:
+            paths.append(text)
+    if not paths:
+        raise ConfigError("ckpt_path=[]: expected a checkpoint file, a list of them or a glob")
+    return paths
+
+
+@dataclass
+class Member:
+    """One evaluated checkpoint: its path, stored weights kind, metrics and per-sample results."""
+
+    path: str
+    ckpt: dict[str, Any]
+    metrics: dict[str, float]
+    samples: list[dict[str, Any]]
+
+
 def evaluate(cfg: DictConfig) -> dict[str, Any]:
-    """Evaluate ``cfg.ckpt_path``; write the task's tables and ``summary.json`` to the run folder."""
+    """Evaluate ``cfg.ckpt_path`` (one checkpoint or a seed ensemble); write the task's tables, the report
+    (``report.html`` with its CSVs and PNGs, ``report.json``) and ``summary.json`` to the run folder."""
     out_dir = Path(cfg.paths.output_dir)
     # Under DDP (trainer=ddp_cpu / ddp) every rank runs this; only rank 0 writes the run folder.
     if rank_zero_only.rank == 0:
@@ -110,55 +150,139 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     seed_run(cfg.get("seed"))
     if cfg.split not in ("test", "val"):
         raise ConfigError(f"split={cfg.split!r}: expected 'test' or 'val'")
-    ckpt = load_checkpoint(cfg.ckpt_path)
-    run_cfg = run_config_for_eval(ckpt, cfg)
+    options = report_options(cfg.get("report"))
+    paths = checkpoint_paths(cfg.ckpt_path)
+    checkpoints = [load_checkpoint(path) for path in paths]  # every member readable before any work
+    run_cfg = run_config_for_eval(checkpoints[0], cfg)
+    check_members(paths, checkpoints)
 
     datamodule = build_datamodule(run_cfg.data)
-    module = build_module(run_cfg, datamodule)
-    load_weights(module, ckpt, run_cfg, str(cfg.ckpt_path), datamodule.dataset_meta)
-
-    trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False, callbacks=[RichProgressBar()])
+    members: list[Member] = []
+    module = trainer = None
+    for path, ckpt in zip(paths, checkpoints):
+        member_cfg = run_config_for_eval(ckpt, cfg)
+        module = build_module(member_cfg, datamodule)
+        load_weights(module, ckpt, member_cfg, path, datamodule.dataset_meta)
+        if len(paths) > 1 and type(module.task).score_samples is Task.score_samples:
+            raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
+                              f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
+        module.collect_samples = options is not None or len(paths) > 1
+        trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
+                              callbacks=[RichProgressBar()])
+        split = datamodule.test_split_name if cfg.split == "test" else "val"
+        weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
+        rich.print(f"[bold]Evaluating checkpoint[/bold] {path} ({weights['kind']} weights) on the {split} split")
+        results = trainer.test(module, datamodule=SplitAsTest(datamodule, cfg.split), verbose=True)
+        metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
+        members.append(Member(path, ckpt, metrics, module.eval_samples))
+        if len(paths) > 1 and path != paths[-1]:
+            module.eval_samples = []  # the last member's module draws the report's heatmaps and features
+    assert module is not None and trainer is not None
+    task = module.task
     split = datamodule.test_split_name if cfg.split == "test" else "val"
-    # Which weights the checkpoint's state_dict holds (EMA-trained runs store the average there).
-    weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
-    rich.print(f"[bold]Evaluating checkpoint[/bold] {cfg.ckpt_path} ({weights['kind']} weights) on the {split} split")
-    results = trainer.test(module, datamodule=SplitAsTest(datamodule, cfg.split), verbose=True)
-    metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
+    if len(members) == 1:
+        metrics, samples = members[0].metrics, members[0].samples
+    else:
+        samples = task.combine_members([m.samples for m in members])
+        metrics = {f"{split}/{k}": v for k, v in task.score_samples(samples).items()}
 
-    tables = {name: str(out_dir / f"{name}.csv") for name in module.eval_tables}
-    summary = {
-        "checkpoint": str(Path(cfg.ckpt_path).resolve()),
+    tables = {name: str(out_dir / f"{name}.csv") for name in module.eval_tables} if len(members) == 1 else {}
+    ckpt = members[0].ckpt
+    summary: dict[str, Any] = {
+        "checkpoint": str(Path(members[0].path).resolve()) if len(members) == 1 else
+        [str(Path(m.path).resolve()) for m in members],
         "split": split,
         "choices": OmegaConf.to_container(run_cfg.choices),
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),
-        "weights": weights,
+        "weights": dict(ckpt["hrexp"].get("weights") or {"kind": "raw"}),
         "metrics": metrics,
         "metric_modes": {name: mode for name in metrics
-                         if (mode := module.task.metric_mode(name.replace(f"{split}/", "test/", 1))) is not None},
+                         if (mode := task.metric_mode(name.replace(f"{split}/", "test/", 1))) is not None},
         "tables": tables,
     }
+    if len(members) > 1:
+        summary["ensemble"] = {"members": [{"checkpoint": str(Path(m.path).resolve()), "metrics": m.metrics}
+                                           for m in members],
+                               "combined": "mean of the members' predictions (task.combine_members)"}
     if trainer.is_global_zero:
-        for name, rows in module.eval_tables.items():
-            write_table_csv(Path(tables[name]), rows)
+        if len(members) == 1:
+            for name, rows in module.eval_tables.items():
+                write_table_csv(Path(tables[name]), rows)
+        if options is not None:
+            context = ReportContext(out_dir, module, datamodule, cfg.split, options, metrics)
+            summary["report"] = str(write_report(task, samples, context, summary, members))
         write_json(out_dir / "summary.json", summary)
     return summary
 
 
-def write_table_csv(path: Path, rows: Sequence[Mapping[str, Any]]) -> Path:
-    """One CSV row per item; the columns of the first row in order; None and NaN as empty cells."""
-    columns = list(rows[0]) if rows else []
-    with open(path, "w", newline="") as fh:
-        writer = csv.writer(fh)
-        writer.writerow(columns)
-        for row in rows:
-            writer.writerow([_cell(row.get(c)) for c in columns])
-    return path
+def report_options(value: Any) -> ReportOptions | None:
+    """``report`` of eval.yaml as :class:`ReportOptions`; None when ``report.enabled=false``.
 
-
-def _cell(value: Any) -> str:
+    Raises:
+        ConfigError: an unknown key or a bad value, naming it.
+    """
     if value is None:
-        return ""
-    if isinstance(value, float):
-        return "" if value != value else repr(value)  # full precision: the file is data, not a display
-    return str(value)
+        return None
+    given = OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig) else dict(value)
+    if not given.pop("enabled", True):
+        return None
+    known = {f.name for f in dataclasses.fields(ReportOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"report.{unknown[0]}: unknown report option; expected one of enabled, {', '.join(sorted(known))}")
+    if not isinstance(given.get("gallery", 0), int) or given.get("gallery", 0) < 0:
+        raise ConfigError(f"report.gallery={given['gallery']!r}: expected a number of images >= 0")
+    for key in ("heatmaps",):
+        if not isinstance(given.get(key, []), list):
+            raise ConfigError(f"report.{key}={given[key]!r}: expected a list of sample indices or image file names")
+    features = given.get("features", False)
+    if not isinstance(features, (bool, list)):
+        raise ConfigError(f"report.features={features!r}: expected true (the worst image), false, or a list of "
+                          "sample indices or image file names")
+    return ReportOptions(**given)
+
+
+def check_members(paths: Sequence[str], checkpoints: Sequence[dict[str, Any]]) -> None:
+    """An ensemble's members must be one task on one data (the same keypoints or classes).
+
+    Raises:
+        ConfigError: A member trained for another task or data, naming both checkpoints.
+    """
+    first = checkpoints[0]["hrexp"]
+    for path, ckpt in zip(paths[1:], checkpoints[1:]):
+        info = ckpt["hrexp"]
+        for key in ("task", "data"):
+            a, b = first["config"].get("choices", {}).get(key), info["config"].get("choices", {}).get(key)
+            if a != b:
+                raise ConfigError(f"ckpt_path: ensemble members differ: {paths[0]} is {key}={a}, {path} is {key}={b}")
+        if (first.get("dataset_meta") or {}) != (info.get("dataset_meta") or {}):
+            raise ConfigError(f"ckpt_path: ensemble members differ: {path} was trained on other keypoints or classes "
+                              f"than {paths[0]} ({_describe_meta(info.get('dataset_meta') or {})} against "
+                              f"{_describe_meta(first.get('dataset_meta') or {})})")
+
+
+def write_report(task: Any, samples: list[dict[str, Any]], context: ReportContext, summary: Mapping[str, Any],
+                 members: Sequence[Member]) -> Path:
+    """The task's report sections after a summary section, as ``report.html``; what it chose in ``report.json``."""
+    out_dir = context.out_dir
+    metric_rows = [{"metric": name, "value": value, "better": summary["metric_modes"].get(name, "")}
+                   for name, value in summary["metrics"].items()]
+    sections = [Section("Summary", tables=[TableBlock("Metrics", metric_rows, max_rows=None)])]
+    if len(members) > 1:
+        rows = [{"member": Path(m.path).name, **{k: v for k, v in m.metrics.items()}} for m in members]
+        sections[0].tables.append(TableBlock("Ensemble members (each alone)", rows, max_rows=None))
+        sections[0].text = (f"A seed ensemble of {len(members)} checkpoints: the report scores the mean of their "
+                            "predictions; their spread is an uncertainty (below).")
+    if samples:
+        sections.extend(task.report(samples, context))
+    checkpoint = summary["checkpoint"]
+    meta = {"checkpoint": checkpoint if isinstance(checkpoint, str) else f"{len(checkpoint)} checkpoints (ensemble)",
+            "split": summary["split"], "samples": str(len(samples)),
+            "model": str(summary["choices"].get("model")), "task": str(summary["choices"].get("task")),
+            "data": str(summary["choices"].get("data")), "written": datetime.now().isoformat(timespec="seconds")}
+    path = write_html(out_dir / "report.html", f"Evaluation: {meta['model']} on {meta['data']} ({meta['split']})",
+                      sections, meta)
+    write_json(out_dir / "report.json", {"html": path.name, "samples": len(samples), **context.facts})
+    rich.print(f"[bold]Report[/bold] {path}")
+    return path

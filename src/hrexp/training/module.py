@@ -84,6 +84,10 @@ class HRExpModule(pl.LightningModule):
         self.param_group_summary: list[dict[str, Any]] = []
         # The task's per-item tables of the last test epoch (per_landmark, per_class), for eval.py.
         self.eval_tables: dict[str, list[dict[str, Any]]] = {}
+        # eval.py sets collect_samples: each test sample's results (task.sample_results), for its report;
+        # after the test epoch eval_samples holds every rank's, ordered by index.
+        self.collect_samples = False
+        self.eval_samples: list[dict[str, Any]] = []
         self.speed = speed or SpeedOptions()
         self.speed.apply(self.backbone, getattr(self.task, "head", None))
 
@@ -175,7 +179,10 @@ class HRExpModule(pl.LightningModule):
         # Samples without any target (detection boxes) have no loss; the metric still scores them.
         if self.task.has_targets(batch):
             self.losses[stage].update(self.task.loss(outputs, batch), weight=batch["image"].shape[0])
-        self.task.update_metrics(stage, self.task.predict(outputs, batch, flipped_outputs=flipped), batch)
+        preds = self.task.predict(outputs, batch, flipped_outputs=flipped)
+        self.task.update_metrics(stage, preds, batch)
+        if stage == "test" and self.collect_samples:
+            self.eval_samples.extend(self.task.sample_results(preds, batch))
 
     def _eval_epoch_end(self, stage: str) -> None:
         with warnings.catch_warnings():
@@ -196,6 +203,7 @@ class HRExpModule(pl.LightningModule):
         self._eval_epoch_start("val")
 
     def on_test_epoch_start(self) -> None:
+        self.eval_samples = []
         self._eval_epoch_start("test")
 
     def validation_step(self, batch: Mapping[str, torch.Tensor], batch_idx: int) -> None:
@@ -211,6 +219,9 @@ class HRExpModule(pl.LightningModule):
         # The task's per-item tables (eval.py writes them) are read before the metrics reset.
         self.eval_tables = self.task.per_item_tables("test")
         self._eval_epoch_end("test")
+        if self.collect_samples:
+            self.eval_samples = gather_samples(self.eval_samples, self.trainer.world_size)
+
 
     # --- optimisation ------------------------------------------------------------------------
     def configure_optimizers(self) -> Any:
@@ -254,3 +265,13 @@ class HRExpModule(pl.LightningModule):
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         # A resumed run keeps counting the batches it skipped before.
         self.skipped_batches = int(checkpoint.get("hrexp", {}).get("skipped_batches", 0))
+
+
+def gather_samples(local: list[dict[str, Any]], world_size: int) -> list[dict[str, Any]]:
+    """Every rank's per-sample results, ordered by sample index, each index once (DDP samplers may repeat)."""
+    if world_size > 1 and torch.distributed.is_available() and torch.distributed.is_initialized():
+        parts: list[Any] = [None] * world_size
+        torch.distributed.all_gather_object(parts, local)
+        local = [sample for part in parts for sample in part]
+    unique = {int(sample["index"]): sample for sample in local}
+    return [unique[i] for i in sorted(unique)]

@@ -109,3 +109,30 @@ def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
         )
     errors.raise_if_any()
     return LandmarkSet(names=list(AASCE_LANDMARK_NAMES), records=records, flip_pairs=[], source=str(landmarks_file))
+
+
+def read_aasce_angles(root: str | Path, split: str = "training") -> dict[str, np.ndarray]:
+    """``labels/<split>/angles.csv`` by image file name: the three Cobb angles in degrees, largest first.
+
+    Raises:
+        DataError: A missing file, a row count other than ``filenames.csv``'s, or a row without 3 numbers.
+    """
+    label_dir = Path(root).absolute() / "labels" / split
+    angles_file, names_file = label_dir / "angles.csv", label_dir / "filenames.csv"
+    for required in (names_file, angles_file):
+        if not required.is_file():
+            raise DataError(f"{required}: AASCE annotation file not found")
+    names = [line.strip() for line in names_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    rows = [line for line in angles_file.read_text(encoding="utf-8").splitlines() if line.strip()]
+    if len(rows) != len(names):
+        raise DataError(f"{angles_file}: expected one row per image of {names_file.name} ({len(names)}), got {len(rows)}")
+    out = {}
+    for number, (name, row) in enumerate(zip(names, rows), start=1):
+        try:
+            values = np.array([float(v) for v in row.split(",")])
+        except ValueError:
+            values = np.array([])
+        if values.shape != (3,) or not np.isfinite(values).all():
+            raise DataError(f"{angles_file}: row {number} ({name}): expected 3 angles in degrees, got {row!r}")
+        out[name] = values
+    return out

@@ -17,12 +17,13 @@ import logging
 from pathlib import Path
 from typing import Sequence
 
+import numpy as np
 from torch.utils.data import Dataset
 
 from hrexp.data.datamodule import HRExpDataModule
 from hrexp.data.errors import DataError
 from hrexp.data.image_cache import ShrunkImageCache
-from hrexp.data.landmarks.aasce_reader import read_aasce
+from hrexp.data.landmarks.aasce_reader import read_aasce, read_aasce_angles
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
@@ -276,6 +277,13 @@ class AasceDataModule(LandmarkDataModule):
         if not self.root.is_dir():
             raise DataError(f"{self.root}: AASCE data folder not found (set data.root or paths.shared_data)")
         return {"train": read_aasce(self.root, "training"), "val": None, "test": read_aasce(self.root, "test")}
+
+    def reference_angles(self, split: str) -> list[np.ndarray]:
+        """The Cobb angles of ``angles.csv`` for each record of ``split`` (in its order), for eval's report."""
+        records = self.splits[split].records
+        # data/<AASCE split>/<name>.jpg: the folder says which angles.csv holds the image
+        tables = {folder: read_aasce_angles(self.root, folder) for folder in {Path(r.image_path).parent.name for r in records}}
+        return [tables[Path(r.image_path).parent.name][Path(r.image_path).name] for r in records]
 
 
 class SyntheticSpineDataModule(CsvLandmarkDataModule):

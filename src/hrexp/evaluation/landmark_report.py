@@ -1,0 +1,176 @@
+"""The landmark task's report: error tables per landmark and per image, the SDR curve, the error box plot,
+the galleries, confidences, and Cobb angles for spines in the AASCE layout (17 vertebrae x 4 corners)."""
+
+from __future__ import annotations
+
+import math
+from typing import Any, Mapping, Sequence
+
+import numpy as np
+
+from hrexp.data.images import read_image_size
+from hrexp.data.landmarks.aasce_reader import AASCE_LANDMARK_NAMES
+from hrexp.evaluation.context import ReportContext
+from hrexp.evaluation.keypoint_report import confidence_section, feature_section, gallery_section, heatmap_section
+from hrexp.evaluation.tables import number, write_table_csv
+from hrexp.metrics.cobb import cobb_angles, cobb_smape
+from hrexp.reports.eval_plots import error_boxplot, sdr_curve
+from hrexp.reports.html_report import Figure, Section, TableBlock
+
+
+def radial_errors(samples: Sequence[Mapping[str, Any]]) -> tuple[np.ndarray, np.ndarray]:
+    """``[N, K]`` radial errors in px (NaN where the landmark is not annotated) and in mm (NaN also where the
+    image's spacing is unknown)."""
+    pred = np.stack([s["keypoints"] for s in samples])
+    target = np.stack([s["keypoints_orig"] for s in samples])
+    visible = np.stack([s["visible_orig"] for s in samples]) > 0
+    error = np.where(visible, np.linalg.norm(pred - target, axis=-1), np.nan)
+    spacing = np.array([float(s.get("spacing", math.nan)) for s in samples])
+    return error, error * spacing[:, None]
+
+
+def _stats(values: np.ndarray, suffix: str = "") -> dict[str, float | None]:
+    v = values[np.isfinite(values)]
+    if v.size == 0:
+        return {f"{k}{suffix}": None for k in ("mre", "median", "std", "p90", "max")}
+    return {f"mre{suffix}": number(v.mean()), f"median{suffix}": number(np.median(v)), f"std{suffix}": number(v.std()),
+            f"p90{suffix}": number(np.percentile(v, 90)), f"max{suffix}": number(v.max())}
+
+
+def _sdr(values: np.ndarray, radii: Sequence[float]) -> dict[str, float | None]:
+    v = values[np.isfinite(values)]
+    return {f"sdr_{r:g}": (number((v <= r).mean()) if v.size else None) for r in radii}
+
+
+def per_landmark_rows(names: Sequence[str], error: np.ndarray, error_mm: np.ndarray,
+                      radii: Sequence[float]) -> list[dict[str, Any]]:
+    """One row per landmark: count, mean/median/std/90th percentile/max error in px (and mm when any spacing
+    is known), and the share within each SDR radius (px)."""
+    has_mm = bool(np.isfinite(error_mm).any())
+    rows = []
+    for k, name in enumerate(names):
+        row: dict[str, Any] = {"landmark": name, "n": int(np.isfinite(error[:, k]).sum()), **_stats(error[:, k])}
+        if has_mm:
+            row.update(_stats(error_mm[:, k], "_mm"))
+        row.update(_sdr(error[:, k], radii))
+        rows.append(row)
+    return rows
+
+
+def per_image_rows(samples: Sequence[Mapping[str, Any]], error: np.ndarray, error_mm: np.ndarray,
+                   ctx: ReportContext) -> list[dict[str, Any]]:
+    has_mm = bool(np.isfinite(error_mm).any())
+    rows = []
+    for i, sample in enumerate(samples):
+        v = error[i][np.isfinite(error[i])]
+        row: dict[str, Any] = {"image": ctx.image_name(sample["index"]), "index": int(sample["index"]),
+                               "n": int(v.size), "mre": number(v.mean()) if v.size else None,
+                               "median": number(np.median(v)) if v.size else None,
+                               "max": number(v.max()) if v.size else None}
+        if has_mm:
+            row["mre_mm"] = number(np.nanmean(error_mm[i])) if np.isfinite(error_mm[i]).any() else None
+        for key in ("scores", "spread", "member_spread"):
+            if key in sample:
+                row[f"mean_{key}"] = number(np.mean(sample[key]))
+        rows.append(row)
+    return rows
+
+
+def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], error: np.ndarray,
+                    ctx: ReportContext) -> list[dict[str, Any]]:
+    """Every landmark of every image: prediction, truth (original px, pixel centres at integers), error,
+    confidences."""
+    rows = []
+    for i, sample in enumerate(samples):
+        image = ctx.image_name(sample["index"])
+        for k, name in enumerate(names):
+            row = {"image": image, "index": int(sample["index"]), "landmark": name,
+                   "x": float(sample["keypoints"][k, 0]), "y": float(sample["keypoints"][k, 1]),
+                   "x_true": float(sample["keypoints_orig"][k, 0]), "y_true": float(sample["keypoints_orig"][k, 1]),
+                   "visible": int(sample["visible_orig"][k] > 0), "error_px": number(error[i, k])}
+            for key in ("scores", "spread", "member_spread"):
+                if key in sample:
+                    row[key] = float(sample[key][k])
+            rows.append(row)
+    return rows
+
+
+def is_spine_layout(names: Sequence[str]) -> bool:
+    """Whether the landmarks are the AASCE layout: 17 vertebrae (T1..L5) x 4 corners, in that order."""
+    return list(names) == list(AASCE_LANDMARK_NAMES)
+
+
+def cobb_section(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> Section | None:
+    """Predicted Cobb angles against the data's reference angles (``angles.csv``) or, without one, against
+    the angles of the ground-truth corners; the challenge's SMAPE; ``cobb_angles.csv``."""
+    records = ctx.records().records
+    reference = getattr(ctx.datamodule, "reference_angles", None)
+    truth_table = reference(ctx.split) if callable(reference) else None
+    rows, predicted, truth = [], [], []
+    for sample in samples:
+        record = records[int(sample["index"])]
+        height = (record.size or read_image_size(record.image_path))[0]
+        if not np.all(sample["visible_orig"] > 0):
+            continue  # the angles need every corner
+        pred = cobb_angles(sample["keypoints"], height)
+        if truth_table is not None:
+            true_angles, source = np.asarray(truth_table[int(sample["index"])], np.float64), "angles.csv"
+        else:
+            true_angles, source = np.asarray(cobb_angles(sample["keypoints_orig"], height).angles), "corners"
+        predicted.append(pred.angles)
+        truth.append(true_angles)
+        rows.append({"image": ctx.image_name(sample["index"]), "index": int(sample["index"]), "curve": pred.curve,
+                     **{f"true_{j + 1}": float(true_angles[j]) for j in range(3)},
+                     **{f"pred_{j + 1}": float(pred.angles[j]) for j in range(3)},
+                     "abs_error_1": float(abs(pred.angles[0] - true_angles[0])),
+                     "smape": cobb_smape(np.asarray([pred.angles]), true_angles[None])})
+    if not rows:
+        return None
+    smape = cobb_smape(np.asarray(predicted), np.asarray(truth))
+    csv = write_table_csv(ctx.out_dir / "cobb_angles.csv", rows)
+    ctx.facts["cobb"] = {"smape": smape, "truth": source, "images": len(rows)}
+    summary = [{"images": len(rows), "truth": source, "cobb_smape_%": smape,
+                "mean_abs_error_largest_deg": float(np.mean([r["abs_error_1"] for r in rows]))}]
+    text = ("Cobb angles from the predicted vertebra corners with the AASCE 2019 challenge's procedure "
+            "(hrexp.metrics.cobb), in angles.csv's order: the largest first, then the second and third "
+            f"region's. Truth: {source}. SMAPE is the challenge's symmetric mean absolute percentage error.")
+    return Section("Cobb angles", text=text, tables=[TableBlock("Cobb angle agreement", summary),
+                                                     TableBlock("Per image (degrees)", rows, csv=csv.name, max_rows=20)])
+
+
+def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> list[Section]:
+    """Every section of the landmark report, its CSV tables and PNGs written into ``ctx.out_dir``."""
+    names = task.keypoint_names
+    radii = list(task.sdr_radii)
+    error, error_mm = radial_errors(samples)
+    landmark_rows = per_landmark_rows(names, error, error_mm, radii)
+    image_rows = per_image_rows(samples, error, error_mm, ctx)
+    write_table_csv(ctx.out_dir / "per_landmark.csv", landmark_rows)
+    write_table_csv(ctx.out_dir / "per_image.csv", image_rows)
+    write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx))
+    overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii)}]
+    if np.isfinite(error_mm).any():
+        overall[0].update(_stats(error_mm, "_mm"))
+    curve = sdr_curve({"all landmarks": error[np.isfinite(error)]}, ctx.out_dir / "sdr_curve.png",
+                      marks=radii, unit="px")
+    box = error_boxplot({name: error[:, k] for k, name in enumerate(names)}, ctx.out_dir / "error_boxplot.png",
+                        unit="px", title="radial error per landmark")
+    sections = [
+        Section("Landmark errors", text="Radial errors in original-image pixels (and mm where the spacing is "
+                "known); SDR is the share of landmarks within each radius.",
+                tables=[TableBlock("All landmarks", overall),
+                        TableBlock("Per landmark", landmark_rows, csv="per_landmark.csv"),
+                        TableBlock("Per image (first rows; sorted as the split)", image_rows, csv="per_image.csv",
+                                   max_rows=20)],
+                figures=[Figure(curve, "SDR curve: the share of landmarks within r pixels."),
+                         Figure(box, "Radial error per landmark.")]),
+    ]
+    image_error = np.array([np.nan if r["mre"] is None else r["mre"] for r in image_rows])
+    sections.append(gallery_section(task, samples, image_error, ctx, unit="px"))
+    for section in (confidence_section(samples, error, ctx, unit="px"),
+                    cobb_section(samples, ctx) if is_spine_layout(names) else None,
+                    heatmap_section(task, samples, ctx),
+                    feature_section(samples, ctx, ctx.facts["gallery_worst"][0] if ctx.facts.get("gallery_worst") else None)):
+        if section is not None:
+            sections.append(section)
+    return sections

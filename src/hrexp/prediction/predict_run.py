@@ -1,0 +1,272 @@
+"""``predict(cfg)``: the body of ``predict.py`` / ``hrexp-predict``. A checkpoint run on new images.
+
+``python predict.py ckpt_path=<file.ckpt> input=<image | folder | glob> [output=<folder>] [overlays=true]``
+
+Needs only the checkpoint, as ``export.py``: model, task and the training input size are stored in
+it. Each image goes through the evaluation-time preprocessing of the run's data family
+(:mod:`hrexp.prediction.preprocess`) and the task's own evaluation inference and decoding
+(``task.eval_outputs`` + ``task.predict``, with the flip test when the task uses one), so a
+prediction equals what ``eval.py`` scores on the same image. Results are in ORIGINAL-image pixels.
+
+Written to ``output`` (default: the run folder ``logs/predict/runs/<time>/``):
+
+* keypoint tasks (landmarks, pose): ``predictions.csv`` (one row per image x [person x] keypoint:
+  ``x, y, score``) and ``predictions.json`` (COCO keypoint results); coordinates: centre of pixel
+  ``(0, 0)`` at ``(0.0, 0.0)``, which is also the convention of COCO's keypoint annotations, so both
+  files hold the same numbers (see :mod:`hrexp.prediction.writers`); ``score`` is the decoded heatmap peak;
+* segmentation: ``masks/<name>.png`` (class id per pixel, uint8, original size) and ``predictions.csv``;
+* ``overlays/<name>.png|jpg`` with ``overlays=true``; ``skipped.csv`` (file, reason); ``predict.json``
+  (summary); ``README.txt``.
+
+Images are listed first, then decoded and predicted batch by batch (``num_workers`` loader workers),
+so a folder of any size streams through; a file that cannot be read is named in ``skipped.csv`` and
+the run goes on.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import rich
+import torch
+from omegaconf import DictConfig, OmegaConf
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
+from torch.utils.data import DataLoader
+
+from hrexp.export.export_run import module_from_checkpoint
+from hrexp.prediction.boxes import PersonBox, read_boxes
+from hrexp.prediction.image_source import ImageBatch, ImageFiles, InputFiles, collate_images, expand_input, move_to
+from hrexp.prediction.preprocess import UNKNOWN_IMAGE_ID, Preparer, preparer_for
+from hrexp.prediction.writers import (KeypointWriter, MaskWriter, keypoint_overlay, mask_overlay, unique_names,
+                                      write_overlay, write_readme, write_skipped)
+from hrexp.run_record import write_json
+from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
+from hrexp.tasks.segmentation import SegmentationTask
+from hrexp.training.build import ConfigError
+from hrexp.training.module import HRExpModule
+
+log = logging.getLogger(__name__)
+
+DEVICES = "auto, cpu, cuda, cuda:<index> or mps"
+
+
+@dataclass
+class PredictOptions:
+    """The command's options, checked (see ``conf/predict.yaml``)."""
+
+    ckpt_path: Path
+    inputs: InputFiles
+    output: Path
+    overlays: bool
+    batch_size: int
+    num_workers: int
+    device: torch.device
+    boxes: dict[str, list[PersonBox]] | None
+
+
+def _whole_number(cfg: DictConfig, name: str, minimum: int) -> int:
+    value = cfg.get(name)
+    if not isinstance(value, int) or isinstance(value, bool) or value < minimum:
+        raise ConfigError(f"{name}={value!r}: expected a whole number >= {minimum}")
+    return value
+
+
+def resolve_device(value: Any) -> torch.device:
+    """``auto``: the first CUDA device when there is one, else the CPU; otherwise the device named, checked.
+
+    Raises:
+        ConfigError: an unknown device, or one this machine does not have.
+    """
+    if value in (None, "auto"):
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        device = torch.device(str(value))
+    except (RuntimeError, ValueError):
+        raise ConfigError(f"device={value!r}: expected {DEVICES}") from None
+    if device.type not in ("cpu", "cuda", "mps"):
+        raise ConfigError(f"device={value!r}: expected {DEVICES}")
+    if device.type == "cuda" and (not torch.cuda.is_available() or (device.index or 0) >= torch.cuda.device_count()):
+        raise ConfigError(f"device={value!r}: this machine has {torch.cuda.device_count()} CUDA device(s); "
+                          f"use device=auto or device=cpu")
+    if device.type == "mps" and not torch.backends.mps.is_available():
+        raise ConfigError(f"device={value!r}: MPS is not available here; use device=auto or device=cpu")
+    return device
+
+
+def check_options(cfg: DictConfig) -> PredictOptions:
+    """Every option checked before any image is read or the model is built.
+
+    Raises:
+        ConfigError: naming the option and what was expected (a missing checkpoint, an ``input``
+            matching no image, ``overlays`` not true/false, a bad ``batch_size`` / ``num_workers`` /
+            ``device``, an unreadable ``boxes`` file).
+    """
+    overlays = cfg.get("overlays")
+    if not isinstance(overlays, bool):
+        raise ConfigError(f"overlays={overlays!r}: expected true or false")
+    batch_size = _whole_number(cfg, "batch_size", 1)
+    num_workers = _whole_number(cfg, "num_workers", 0)
+    device = resolve_device(cfg.get("device"))
+    threshold = cfg.get("box_score_threshold", 0.0)
+    if isinstance(threshold, bool) or not isinstance(threshold, (int, float)):
+        raise ConfigError(f"box_score_threshold={threshold!r}: expected a number")
+    ckpt_path = Path(str(cfg.ckpt_path)).expanduser()
+    if not ckpt_path.is_file():
+        raise ConfigError(f"ckpt_path={str(cfg.ckpt_path)!r}: no such checkpoint file (expected a .ckpt written by "
+                          f"train.py)")
+    spec = cfg.input
+    inputs = expand_input(OmegaConf.to_object(spec) if OmegaConf.is_config(spec) else spec)
+    boxes = read_boxes(cfg.boxes, float(threshold)) if cfg.get("boxes") else None
+    output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir)
+    return PredictOptions(ckpt_path, inputs, output, overlays, batch_size, num_workers, device, boxes)
+
+
+@torch.no_grad()
+def run_network(module: HRExpModule, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+    """The task's evaluation inference and decoding of one batch, as the module's val/test step runs them."""
+    task = module.task
+    outputs = task.eval_outputs(module, inputs)
+    flipped = module(inputs["image"].flip(-1)) if task.flip_test else None
+    preds = task.predict(outputs, inputs, flipped_outputs=flipped)
+    return {k: v.detach().cpu() for k, v in preds.items()}
+
+
+class Outputs:
+    """Routes one batch's predictions to the task's files (and overlays)."""
+
+    def __init__(self, module: HRExpModule, preparer: Preparer, options: PredictOptions, names: dict[str, str]):
+        task = module.task
+        self.out_dir = options.output
+        self.names = names
+        self.overlays = options.overlays
+        self.per_instance = bool(preparer.per_instance)
+        self.masks = isinstance(task, SegmentationTask)
+        if self.masks:
+            self.writer: KeypointWriter | MaskWriter = MaskWriter(self.out_dir, task.class_names)
+        elif isinstance(task, HeatmapKeypointTask):
+            self.writer = KeypointWriter(self.out_dir, task.keypoint_names, self.per_instance)
+        else:
+            raise ConfigError(f"ckpt_path: task {type(task).__name__} ({task.task_name}) has no prediction output; "
+                              f"expected a keypoint (landmarks, pose) or segmentation task")
+        self.predicted = 0
+        self.without_boxes: list[str] = []
+
+    def add(self, batch: ImageBatch, preds: dict[str, torch.Tensor] | None) -> None:
+        rows_of: dict[int, list[int]] = {}
+        for row, owner in enumerate(batch.owner):
+            rows_of.setdefault(owner, []).append(row)
+        for position, image in enumerate(batch.images):
+            rows = rows_of.get(position, [])
+            if self.masks:
+                picture = self._add_mask(image, batch.inputs, preds, rows[0])
+            else:
+                picture = self._add_keypoints(image, batch.inputs, preds, rows)
+            if picture is not None:
+                write_overlay(self.out_dir / "overlays", self.names[image["file"]], image["file"], picture)
+            self.predicted += 1
+
+    def _add_mask(self, image: dict[str, Any], inputs: dict[str, Any], preds: dict[str, torch.Tensor],
+                  row: int) -> np.ndarray | None:
+        mh, mw = (int(v) for v in inputs["mask_hw"][row])
+        labels = preds["labels"][row, :mh, :mw].numpy().astype(np.uint8)
+        self.writer.add(image["file"], self.names[image["file"]], labels)
+        return None if image["picture"] is None else mask_overlay(image["picture"], labels)
+
+    def _add_keypoints(self, image: dict[str, Any], inputs: dict[str, Any] | None, preds: dict[str, torch.Tensor] | None,
+                       rows: list[int]) -> np.ndarray | None:
+        k = len(self.writer.names)
+        keypoints = preds["keypoints"][rows].double().numpy() if rows else np.zeros((0, k, 2))
+        scores = preds["scores"][rows].double().numpy() if rows else np.zeros((0, k))
+        image_id = image["index"] + 1
+        boxes = box_scores = None
+        if self.per_instance:
+            boxes = inputs["bbox"][rows].numpy() if rows else np.zeros((0, 4))
+            box_scores = inputs["box_score"][rows].numpy() if rows else np.zeros((0,))
+            ids = [int(i) for i in inputs["image_id"][rows]] if rows else []
+            image_id = ids[0] if ids and ids[0] != UNKNOWN_IMAGE_ID else image_id
+            if not rows:
+                self.without_boxes.append(image["file"])
+        self.writer.add(image["file"], image_id, keypoints, scores, boxes, box_scores)
+        return None if image["picture"] is None else keypoint_overlay(image["picture"], keypoints, boxes)
+
+    def close(self) -> None:
+        self.writer.close()
+
+
+def _progress() -> Progress:
+    return Progress(TextColumn("[bold]predicting[/bold]"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn(),
+                    TextColumn("eta"), TimeRemainingColumn())
+
+
+def predict(cfg: DictConfig) -> dict[str, Any]:
+    """Predict ``cfg.input`` with ``cfg.ckpt_path``; write the files listed in the module docstring.
+
+    Returns:
+        The summary written to ``predict.json``.
+
+    Raises:
+        ConfigError: a bad option (see :func:`check_options`), or a checkpoint whose task or data
+            family has no prediction output, or ``boxes`` for a checkpoint that is not top-down pose.
+    """
+    options = check_options(cfg)
+    module, run_cfg, _ = module_from_checkpoint(options.ckpt_path)
+    preparer = preparer_for(run_cfg, options.boxes)
+    module.to(options.device)
+    files = options.inputs.files
+    names = unique_names(files)
+    options.output.mkdir(parents=True, exist_ok=True)
+    outputs = Outputs(module, preparer, options, names)
+
+    loader = DataLoader(ImageFiles(files, preparer, keep_picture=options.overlays), batch_size=options.batch_size,
+                        shuffle=False, num_workers=options.num_workers,
+                        collate_fn=functools.partial(collate_images, collate_samples=preparer.collate))
+    skipped = list(options.inputs.skipped)
+    try:
+        with _progress() as progress:
+            bar = progress.add_task("predict", total=len(files))
+            for batch in loader:
+                preds = run_network(module, move_to(batch.inputs, options.device)) if batch.inputs else None
+                outputs.add(batch, preds)
+                skipped += batch.skipped
+                progress.advance(bar, len(batch.images) + len(batch.skipped))
+    finally:
+        outputs.close()
+        write_skipped(options.output / "skipped.csv", skipped)
+
+    task = module.task
+    summary: dict[str, Any] = {
+        "checkpoint": str(options.ckpt_path.resolve()),
+        "task": task.task_name,
+        "choices": OmegaConf.to_container(run_cfg.choices) if "choices" in run_cfg else None,
+        "input": OmegaConf.to_container(cfg.input) if OmegaConf.is_config(cfg.input) else cfg.input,
+        "output": str(options.output.resolve()),
+        "counts": {"files": len(files) + len(options.inputs.skipped), "predicted": outputs.predicted,
+                   "skipped": len(skipped)},
+        "options": {"overlays": options.overlays, "batch_size": options.batch_size,
+                    "num_workers": options.num_workers, "device": str(options.device),
+                    "boxes": cfg.get("boxes"), "box_score_threshold": cfg.get("box_score_threshold")},
+        "files": {"predictions_csv": "predictions.csv", "skipped": "skipped.csv",
+                  **({"masks": "masks/"} if outputs.masks else {"predictions_json": "predictions.json"}),
+                  **({"overlays": "overlays/"} if options.overlays else {})},
+        "coordinates": None if outputs.masks else
+        "original-image pixels, centre of pixel (0, 0) at (0.0, 0.0); the same in predictions.json (COCO keypoint "
+        "annotations are pixel indices); bbox in COCO's continuous [x, y, w, h]",
+    }
+    if not outputs.masks:
+        summary["counts"]["instances"] = outputs.writer.instances
+    if outputs.per_instance:
+        summary["counts"]["images_without_boxes"] = len(outputs.without_boxes)
+    write_json(options.output / "predict.json", summary)
+    write_readme(options.output, str(options.ckpt_path), outputs.masks, options.overlays, outputs.per_instance)
+    message = f"[bold]Predicted[/bold] {outputs.predicted} image(s) with {options.ckpt_path} -> {options.output}"
+    if skipped:
+        message += f"; [bold yellow]skipped {len(skipped)}[/bold yellow] file(s) that could not be read (see skipped.csv)"
+    else:
+        message += "; no file skipped"
+    rich.print(message)
+    return summary

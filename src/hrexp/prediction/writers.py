@@ -1,0 +1,197 @@
+"""The files ``predict.py`` writes, each streamed as the batches come (nothing grows with the folder in memory).
+
+Keypoint coordinates, in every file, are ORIGINAL-image pixels in hrexp's convention: the centre of
+pixel ``(0, 0)`` is ``(0.0, 0.0)`` and ``x`` grows to the right, ``y`` downwards. COCO's keypoint
+annotations use the same numbers (the pixel index of the annotated pixel): hrexp's COCO readers take
+them as they are and its pose AP feeds its predictions to COCOeval unchanged, so
+``predictions.json`` holds the same values as ``predictions.csv`` (:data:`COCO_KEYPOINT_OFFSET` is
+0) and can be scored with pycocotools directly. COCO's BOXES are continuous (pixel ``i`` spans
+``[i, i + 1)``): ``bbox`` is written in that convention, as boxes are read.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+from pathlib import Path
+from typing import Any, Sequence
+
+import cv2
+import numpy as np
+
+from hrexp.reports.drawing import draw_keypoints, overlay_mask
+
+# Added to hrexp's keypoint coordinates in the COCO JSON (0: COCO keypoints are pixel indices, see above).
+COCO_KEYPOINT_OFFSET = 0.0
+COCO_CATEGORY_ID = 1
+BOX_COLOR = (255, 255, 0)  # RGB yellow: the person box a pose crop came from
+
+COORDINATES_NOTE = (
+    "Coordinates: original-image pixels; the centre of pixel (0, 0) is (0.0, 0.0), x to the right, y down\n"
+    "(hrexp's convention). COCO keypoint annotations use the same numbers, so predictions.json holds the same\n"
+    "keypoint values as predictions.csv; its \"bbox\" is COCO's continuous [x, y, w, h] (pixel i spans [i, i + 1)).\n"
+)
+
+
+def unique_names(files: Sequence[str | Path]) -> dict[str, str]:
+    """An output name (no extension) per input file: its stem, or its full name where stems repeat
+    (``a.png`` and ``a.jpg``), with a counter where even names repeat (same name in two folders)."""
+    paths = [Path(f) for f in files]
+    stem_count: dict[str, int] = {}
+    for p in paths:
+        stem_count[p.stem] = stem_count.get(p.stem, 0) + 1
+    names: dict[str, str] = {}
+    used: set[str] = set()
+    for p in paths:
+        base = p.stem if stem_count[p.stem] == 1 else p.name
+        name, n = base, 1
+        while name in used:
+            name, n = f"{base}_{n}", n + 1
+        used.add(name)
+        names[str(p)] = name
+    return names
+
+
+class JsonArrayWriter:
+    """A JSON list written one element at a time (valid JSON once closed)."""
+
+    def __init__(self, path: Path):
+        self.fh = open(path, "w")
+        self.fh.write("[")
+        self.count = 0
+
+    def add(self, item: dict[str, Any]) -> None:
+        self.fh.write(("," if self.count else "") + "\n" + json.dumps(item))
+        self.count += 1
+
+    def close(self) -> None:
+        self.fh.write("\n]\n")
+        self.fh.close()
+
+
+class KeypointWriter:
+    """``predictions.csv`` (one row per image x [instance x] keypoint) and ``predictions.json`` (COCO results).
+
+    CSV columns: ``file, [instance,] keypoint, x, y, score`` (``instance``: pose only, the box's number
+    in the image). JSON: one entry per image (per person box for pose) ``{"image_id", "file_name",
+    "category_id": 1, "keypoints": [x, y, score, ...], "score"}``; pose adds ``"bbox"`` and ``"box_score"``
+    and its ``score`` is ``box_score * mean keypoint score`` (the instance ranking COCOeval uses).
+    ``image_id``: the boxes file's id when it has one, else the file's 1-based position in the input list.
+    """
+
+    def __init__(self, out_dir: Path, keypoint_names: Sequence[str], per_instance: bool):
+        self.names = list(keypoint_names)
+        self.per_instance = per_instance
+        self.csv_fh = open(out_dir / "predictions.csv", "w", newline="")
+        self.csv = csv.writer(self.csv_fh)
+        self.csv.writerow(["file", *(["instance"] if per_instance else []), "keypoint", "x", "y", "score"])
+        self.json = JsonArrayWriter(out_dir / "predictions.json")
+        self.instances = 0
+
+    def add(self, file: str, image_id: int, keypoints: np.ndarray, scores: np.ndarray,
+            boxes: np.ndarray | None = None, box_scores: np.ndarray | None = None) -> None:
+        """One image's predictions: ``keypoints`` ``[N, K, 2]`` original px, ``scores`` ``[N, K]``; pose: ``boxes`` ``[N, 4]``."""
+        for n in range(len(keypoints)):
+            for name, (x, y), score in zip(self.names, keypoints[n], scores[n]):
+                self.csv.writerow([file, *([n] if self.per_instance else []), name, repr(float(x)), repr(float(y)),
+                                   repr(float(score))])
+            flat = np.concatenate([keypoints[n] + COCO_KEYPOINT_OFFSET, scores[n][:, None]], axis=1).ravel()
+            entry: dict[str, Any] = {"image_id": int(image_id), "file_name": file, "category_id": COCO_CATEGORY_ID,
+                                     "keypoints": [float(v) for v in flat], "score": float(np.mean(scores[n]))}
+            if boxes is not None:
+                box_score = 1.0 if box_scores is None else float(box_scores[n])
+                entry.update(bbox=[float(v) for v in boxes[n]], box_score=box_score,
+                             score=box_score * float(np.mean(scores[n])))
+            self.json.add(entry)
+            self.instances += 1
+
+    def close(self) -> None:
+        self.csv_fh.close()
+        self.json.close()
+
+
+class MaskWriter:
+    """``masks/<name>.png`` (class id per pixel, uint8, original size) and ``predictions.csv``.
+
+    CSV columns: ``file, mask, height, width`` and the pixel count of each class (``pixels_<class>``).
+    """
+
+    def __init__(self, out_dir: Path, class_names: Sequence[str]):
+        if len(class_names) > 256:
+            raise ValueError(f"{len(class_names)} classes do not fit a uint8 mask PNG")
+        self.out_dir = out_dir
+        self.mask_dir = out_dir / "masks"
+        self.mask_dir.mkdir(parents=True, exist_ok=True)
+        self.num_classes = len(class_names)
+        self.csv_fh = open(out_dir / "predictions.csv", "w", newline="")
+        self.csv = csv.writer(self.csv_fh)
+        self.csv.writerow(["file", "mask", "height", "width", *(f"pixels_{c}" for c in class_names)])
+
+    def add(self, file: str, name: str, labels: np.ndarray) -> Path:
+        path = self.mask_dir / f"{name}.png"
+        if not cv2.imwrite(str(path), labels.astype(np.uint8)):
+            raise OSError(f"{path}: could not write the mask")
+        counts = np.bincount(labels.ravel(), minlength=self.num_classes)[: self.num_classes]
+        self.csv.writerow([file, str(path.relative_to(self.out_dir)), labels.shape[0], labels.shape[1],
+                           *(int(c) for c in counts)])
+        return path
+
+    def close(self) -> None:
+        self.csv_fh.close()
+
+
+def keypoint_overlay(picture: np.ndarray, keypoints: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
+    """The predicted keypoints (``[N, K, 2]``, original px) drawn on the original picture; pose boxes in yellow."""
+    out = picture
+    for n in range(len(keypoints)):
+        out = draw_keypoints(out, None, keypoints[n])
+        if boxes is not None:
+            x, y, w, h = (float(v) for v in boxes[n])  # continuous box -> corner pixel centres
+            cv2.rectangle(out, (round(x), round(y)), (round(x + w) - 1, round(y + h) - 1), BOX_COLOR, 1)
+    return out if len(keypoints) else picture.copy()
+
+
+def mask_overlay(picture: np.ndarray, labels: np.ndarray) -> np.ndarray:
+    """The predicted classes blended over the original picture (background left as it is)."""
+    return overlay_mask(picture, labels)
+
+
+def write_overlay(folder: Path, name: str, source: str, picture: np.ndarray) -> Path:
+    """``<folder>/<name>.jpg`` for a JPEG input, ``.png`` otherwise; ``picture`` is RGB uint8."""
+    folder.mkdir(parents=True, exist_ok=True)
+    suffix = ".jpg" if Path(source).suffix.lower() in (".jpg", ".jpeg") else ".png"
+    path = folder / f"{name}{suffix}"
+    if not cv2.imwrite(str(path), cv2.cvtColor(picture, cv2.COLOR_RGB2BGR)):
+        raise OSError(f"{path}: could not write the overlay")
+    return path
+
+
+def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> Path:
+    """``skipped.csv``: ``file, reason`` per file that was not predicted (a header only when none was)."""
+    with open(path, "w", newline="") as fh:
+        writer = csv.writer(fh)
+        writer.writerow(["file", "reason"])
+        writer.writerows(skipped)
+    return path
+
+
+def write_readme(out_dir: Path, checkpoint: str, masks: bool, overlays: bool, per_instance: bool) -> Path:
+    """``README.txt``: what each file holds and the coordinate convention."""
+    lines = [f"Predictions of {checkpoint}", ""]
+    if masks:
+        lines += ["predictions.csv   one row per image: its mask file, size and pixels per class",
+                  "masks/            <name>.png: class id per pixel (uint8), at the original image size"]
+    else:
+        lines += [f"predictions.csv   one row per image x {'person box x ' if per_instance else ''}keypoint: "
+                  f"x, y (original pixels), score (heatmap peak)",
+                  "predictions.json  COCO keypoint results: keypoints [x, y, score, ...], score"
+                  + (", bbox, box_score" if per_instance else "")]
+    if overlays:
+        lines.append("overlays/         the prediction drawn on each original image")
+    lines += ["skipped.csv       files that could not be predicted (file, reason)",
+              "predict.json      summary: checkpoint, counts, options", ""]
+    if not masks:
+        lines.append(COORDINATES_NOTE)
+    path = out_dir / "README.txt"
+    path.write_text("\n".join(lines))
+    return path
