@@ -98,6 +98,14 @@ def test_hrexp_train_eval_compare_from_an_empty_folder_with_the_users_config_fol
     summary = json.loads((work / "eval" / "summary.json").read_text())
     assert summary["metrics"]["test/mre"] == pytest.approx(record["test"]["metrics"]["test/mre"], rel=1e-5)
     assert (work / "eval" / "per_landmark.csv").is_file()
+    assert "data:image/png;base64," in (work / "eval" / "report.html").read_text()  # the report, images embedded
+
+    # hrexp-predict on the test images of the run's synthetic data (a glob), from the checkpoint alone
+    images = next(Path(env["HREXP_CACHE_DIR"]).rglob("test_00000.png")).parent
+    _run([str(bin_dir / "hrexp-predict"), f"ckpt_path={ckpt}", f"input='{images}/test_0000[01].png'",
+          f"output={work / 'predicted'}"], cwd=work, env=env)
+    rows = (work / "predicted" / "predictions.csv").read_text().splitlines()
+    assert len(rows) == 1 + 2 * record["dataset_meta"]["num_keypoints"]
 
     _run([str(bin_dir / "hrexp-compare"), str(run), "--out", str(work / "report")], cwd=work, env=env)
     assert (work / "report" / "comparison.csv").is_file()
@@ -108,6 +116,6 @@ def test_hrexp_command_dispatches_and_explains_itself(installed):
     helped = _run([str(bin_dir / "hrexp"), "train", "--help"], cwd=work, env=env)
     assert "hrexp train" in helped.stdout and "model" in helped.stdout  # Hydra's help lists the config groups
     usage = subprocess.run([str(bin_dir / "hrexp")], cwd=work, env=env, capture_output=True, text=True)
-    assert usage.returncode == 2 and "usage: hrexp {train,eval,export,compare}" in usage.stderr
+    assert usage.returncode == 2 and "usage: hrexp {train,eval,export,predict,compare}" in usage.stderr
     exported = _run([str(bin_dir / "hrexp-export"), "--help"], cwd=work, env=env)  # its own config, installed
     assert "ckpt_path: ???" in exported.stdout and "decode: false" in exported.stdout

@@ -75,6 +75,10 @@ class HeatmapKeypointTask(Task):
                 "task.flip_test=true but the data defines no flip pairs: flipped-back heatmaps would keep left "
                 "keypoints labelled left; define flip pairs in the keypoint metadata or set task.flip_test=false"
             )
+        if not callable(loss):
+            # `task.loss=adaptive_wing` (a dot) sets the loss to that string; the group is chosen with a slash.
+            raise ValueError(f"task.loss={loss!r}: expected a loss module; choose one with task/loss=<name> "
+                             "(heatmap_mse, adaptive_wing)")
         self.flip_test = bool(flip_test)
         self.flip_shift = bool(flip_shift)
         perm = torch.from_numpy(flip_permutation(self.num_keypoints, self.flip_pairs)).long()
