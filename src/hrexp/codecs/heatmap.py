@@ -82,6 +82,13 @@ class GaussianHeatmapCodec:
         self.blur_kernel = blur_kernel
         self.blur_sigma = blur_sigma
 
+    # The outputs are K maps in the image's frame: a flipped image's maps flip back (the task's flip test).
+    flippable = True
+
+    def output_channels(self, num_keypoints: int) -> int:
+        """Channels the head outputs: one heatmap per keypoint."""
+        return num_keypoints
+
     def __repr__(self) -> str:
         return (
             f"{type(self).__name__}(sigma={self.sigma}, refine={self.refine!r}, "

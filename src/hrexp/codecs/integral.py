@@ -47,6 +47,7 @@ class IntegralRegressionCodec:
     """
 
     name = "integral"
+    flippable = True  # K maps in the image frame: the task's flip test flips them back
 
     def __init__(self, beta: float = 1.0, normalize: str = "softmax", sigma: float = 2.0):
         if not beta > 0:

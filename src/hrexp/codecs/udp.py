@@ -86,6 +86,7 @@ class UDPHeatmapCodec:
     """
 
     name = "udp"
+    flippable = True  # K maps in the image frame: the task's flip test flips them back
 
     def __init__(self, sigma: float = 2.0, refine: str = "dark", blur_kernel: int | None = None):
         if refine not in REFINE_OPTIONS:

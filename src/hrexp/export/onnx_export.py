@@ -49,6 +49,9 @@ class DeployModel(nn.Module):
         if decode and codec is None:
             raise ExportError(f"decode=true needs a keypoint task (its codec decodes heatmaps); "
                               f"{type(module.task).__name__} has none: export without decode")
+        if hasattr(codec, "vector_lengths"):  # SimCC: the head gives a dict of x / y vectors, not maps
+            raise ExportError(f"{type(codec).__name__}: ONNX export of SimCC models (two vector outputs) is not "
+                              "supported yet; export a heatmap codec's model (task/codec=gaussian|udp|offset|integral)")
         self.codec = codec if decode else None
         self.stride = float(module.task.stride) if decode else None
 

@@ -66,10 +66,14 @@ class HeatmapKeypointTask(Task):
                 f"task.num_keypoints={num_keypoints}: the head would have {num_keypoints} outputs, but the data "
                 f"defines {k} keypoints"
             )
-        super().__init__(head, feature_info, k, monitor or {"metric": "val/loss", "mode": "min"})
+        # The codec says how many channels the head outputs (offset codec: 3 per keypoint).
+        super().__init__(head, feature_info, codec.output_channels(k), monitor or {"metric": "val/loss", "mode": "min"})
         self.num_keypoints = k
         self.keypoint_names = list(dataset_meta.get("keypoint_names") or [f"kp{i}" for i in range(self.num_keypoints)])
         self.flip_pairs = [(int(a), int(b)) for a, b in (dataset_meta.get("flip_pairs") or [])]
+        if flip_test and not getattr(codec, "flippable", False):
+            raise ValueError(f"task.flip_test=true but the codec {type(codec).__name__} has no flip test (its outputs "
+                             "are not keypoint maps in the image frame); set task.flip_test=false")
         if flip_test and not self.flip_pairs:
             raise ValueError(
                 "task.flip_test=true but the data defines no flip pairs: flipped-back heatmaps would keep left "
@@ -90,12 +94,25 @@ class HeatmapKeypointTask(Task):
         """False for a batch without any labelled keypoint (e.g. detection boxes): no loss then."""
         return bool(batch["visible"].any())
 
-    def loss(self, outputs: torch.Tensor, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
-        """Weighted heatmap MSE against targets encoded from ``batch['keypoints']``."""
-        targets, weights = self.codec.encode(
-            batch["keypoints"], batch["visible"], heatmap_size=tuple(outputs.shape[-2:]), stride=self.stride
-        )
-        return self.loss_fn(outputs, targets.to(outputs.dtype), weights.to(outputs.dtype))
+    def loss(self, outputs: torch.Tensor | Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+        """The loss against targets the codec encodes from ``batch['keypoints']`` at the head's stride.
+
+        A heatmap codec (gaussian, udp) gives heatmaps, which go to the task's heatmap loss as a tensor;
+        the others give a dict of targets for their own loss (offset, integral, simcc).
+        """
+        if isinstance(outputs, Mapping):  # SimCC's vectors: the heatmap grid is the input over the stride
+            size = tuple(int(s // self.stride) for s in batch["image"].shape[-2:])
+            dtype = next(iter(outputs.values())).dtype
+        else:
+            size, dtype = tuple(outputs.shape[-2:]), outputs.dtype
+        targets, weights = self.codec.encode(batch["keypoints"], batch["visible"], heatmap_size=size, stride=self.stride)
+        if isinstance(targets, Mapping):
+            targets = {key: value.to(dtype) for key, value in targets.items()}
+            if set(targets) == {"heatmaps"}:
+                targets = targets["heatmaps"]
+        else:
+            targets = targets.to(dtype)
+        return self.loss_fn(outputs, targets, weights.to(dtype))
 
     def flip_back(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Heatmaps of a horizontally flipped input, in the frame and keypoint order of the original."""
@@ -111,10 +128,13 @@ class HeatmapKeypointTask(Task):
         batch: Mapping[str, torch.Tensor],
         flipped_outputs: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Decode heatmaps (averaged with the flipped-back ones) to input, then original pixels."""
-        heatmaps = outputs.detach().float()
-        if flipped_outputs is not None:
-            heatmaps = 0.5 * (heatmaps + self.flip_back(flipped_outputs.detach().float()))
+        """Decode the outputs (heatmaps averaged with the flipped-back ones) to input, then original pixels."""
+        if isinstance(outputs, Mapping):
+            heatmaps = {key: value.detach().float() for key, value in outputs.items()}
+        else:
+            heatmaps = outputs.detach().float()
+            if flipped_outputs is not None:
+                heatmaps = 0.5 * (heatmaps + self.flip_back(flipped_outputs.detach().float()))
         keypoints, scores = self.codec.decode(heatmaps, stride=self.stride)
         to_original = invert_affine(batch["matrix"].float())
         original = apply_affine(keypoints, to_original)
