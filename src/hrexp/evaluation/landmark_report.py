@@ -151,6 +151,11 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii)}]
     if np.isfinite(error_mm).any():
         overall[0].update(_stats(error_mm, "_mm"))
+    if "keypoints_coarse" in samples[0]:  # coarse-to-fine: what the second stage bought
+        coarse, _ = radial_errors([{**s, "keypoints": s["keypoints_coarse"]} for s in samples])
+        overall = [{"stage": "refined (both stages)", **overall[0]},
+                   {"stage": "coarse (stage 1)", "images": len(samples), **_stats(coarse), **_sdr(coarse, radii)}]
+        ctx.facts["coarse_mre"] = overall[1]["mre"]
     curve = sdr_curve({"all landmarks": error[np.isfinite(error)]}, ctx.out_dir / "sdr_curve.png",
                       marks=radii, unit="px")
     box = error_boxplot({name: error[:, k] for k, name in enumerate(names)}, ctx.out_dir / "error_boxplot.png",

@@ -21,7 +21,7 @@ from hrexp.export.onnx_export import (MAP_TOLERANCE, POINT_TOLERANCE_PX, DeployM
 from hrexp.run_record import write_json
 from hrexp.training.build import ConfigError, build_module
 from hrexp.training.eval_run import load_checkpoint, load_weights
-from hrexp.training.checkpoint_config import upgrade_targets
+from hrexp.training.checkpoint_config import rebuild_config
 
 log = logging.getLogger(__name__)
 
@@ -44,9 +44,7 @@ def module_from_checkpoint(ckpt_path: str | Path) -> tuple[Any, DictConfig, Simp
     """The trained module (eval mode, plain eager: no compile), the run's config and what it knew of its data
     (:func:`checkpoint_data`), from the checkpoint alone: export and predict need no training data."""
     ckpt = load_checkpoint(ckpt_path)
-    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
-    if "pretrained" in run_cfg.model:
-        run_cfg.model.pretrained = False  # the checkpoint holds the trained weights
+    run_cfg = rebuild_config(ckpt)
     run_cfg.speed = None
     meta = dict(ckpt["hrexp"].get("dataset_meta") or {})
     data = checkpoint_data(run_cfg, meta)

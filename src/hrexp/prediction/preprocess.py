@@ -30,6 +30,7 @@ from omegaconf import DictConfig, OmegaConf
 from torch.utils.data import default_collate
 
 from hrexp.data.landmarks.datamodule import LandmarkDataModule
+from hrexp.data.landmarks.originals import collate_originals, original_fields, reduce_original, refine_factor
 from hrexp.data.pose.datamodule import PoseDataModule
 from hrexp.data.pose.reader import _clip_box
 from hrexp.data.pose.topdown import TopDownTransform
@@ -49,19 +50,25 @@ class FitWholeImage:
     """Landmarks: the image fitted into ``image_size`` (aspect kept and padded, or stretched), no augmentation.
 
     Samples: ``image`` ``[3, h, w]`` normalised and ``matrix`` ``[3, 3]`` (original -> input px), as
-    :class:`~hrexp.data.landmarks.dataset.LandmarkDataset` gives them for val/test.
+    :class:`~hrexp.data.landmarks.dataset.LandmarkDataset` gives them for val/test. With
+    ``refine_scale`` (the run's ``data.refine_scale``) also ``original`` and ``original_scale``, made
+    from the image already decoded, and the batch is collated by
+    :func:`~hrexp.data.landmarks.originals.collate_originals` (adds ``original_hw``).
     """
 
     per_instance = False
 
-    def __init__(self, image_size: tuple[int, int], keep_aspect: bool):
+    def __init__(self, image_size: tuple[int, int], keep_aspect: bool, refine_scale: float | None = None):
         self.transform = LandmarkTransform(image_size=image_size, keep_aspect=keep_aspect, train=False)
+        self.refine_factor = refine_factor(refine_scale)
+        self.collate = default_collate if self.refine_factor is None else collate_originals
 
     def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
         sample = self.transform(image, _NO_KEYPOINTS, _NO_VISIBLE)
-        return [{"image": sample["image"], "matrix": sample["matrix"]}]
-
-    collate = staticmethod(default_collate)
+        out = {"image": sample["image"], "matrix": sample["matrix"]}
+        if self.refine_factor is not None:
+            out.update(original_fields(reduce_original(image, self.refine_factor), self.refine_factor))
+        return [out]
 
 
 class TopDownCrops:
@@ -160,7 +167,7 @@ def preparer_for(run_cfg: DictConfig, boxes: Mapping[str, list[PersonBox]] | Non
     if issubclass(family, PoseDataModule):
         return TopDownCrops(size, float(_option(run_cfg, family, "padding")), boxes)
     if issubclass(family, LandmarkDataModule):
-        return FitWholeImage(size, bool(_option(run_cfg, family, "keep_aspect")))
+        return FitWholeImage(size, bool(_option(run_cfg, family, "keep_aspect")), run_cfg.data.get("refine_scale"))
     if issubclass(family, SegDataModule):
         max_size = _option(run_cfg, family, "eval_max_size")
         return SegWholeImage(None if max_size is None else int(max_size), int(_option(run_cfg, family, "size_divisor")),

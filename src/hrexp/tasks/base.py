@@ -161,6 +161,9 @@ class Task(nn.Module):
         """
         raise NotImplementedError(f"task {self.task_name!r} does not draw its predictions")
 
+    def on_module_built(self, module: nn.Module) -> None:
+        """Called once the module holds backbone and task (e.g. to load a first stage's weights)."""
+
     # ------------------------------------------------------------------ evaluation report hooks
     def sample_results(self, preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Each sample's results of one evaluation batch for eval's report: ``{"index": i, ...}`` of NumPy

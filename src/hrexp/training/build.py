@@ -71,7 +71,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         param_groups = instantiate(cfg.param_groups) if cfg.get("param_groups") else None
     except InstantiationException as err:
         raise ConfigError(str(err.__cause__ or err)) from err
-    return HRExpModule(
+    module = HRExpModule(
         backbone=backbone,
         task=task,
         optimizer=instantiate(cfg.optimizer),
@@ -83,6 +83,11 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         nonfinite_loss=cfg.get("nonfinite_loss", "stop"),
         speed=build_speed(cfg.get("speed")),
     )
+    try:
+        task.on_module_built(module)
+    except ValueError as err:
+        raise ConfigError(str(err)) from err
+    return module
 
 
 def build_speed(speed_cfg: DictConfig | None) -> SpeedOptions:

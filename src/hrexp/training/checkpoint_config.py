@@ -37,3 +37,25 @@ def upgrade_targets(config: Any) -> Any:
     if isinstance(config, list):
         return [upgrade_targets(v) for v in config]
     return config
+
+
+def rebuild_config(checkpoint: dict[str, Any]) -> Any:
+    """The run config stored in ``checkpoint``, ready to rebuild its model for eval / export / predict.
+
+    Today's class paths; and no initial weights to load, since the checkpoint holds the trained ones and
+    the files they came from need not exist any more: ``model.pretrained`` and a refiner's
+    ``task.refine.stage1_ckpt`` are cleared.
+    """
+    from omegaconf import OmegaConf
+
+    run_cfg = OmegaConf.create(upgrade_targets(checkpoint["hrexp"]["config"]))
+    if "pretrained" in run_cfg.model:
+        run_cfg.model.pretrained = False
+    refine = run_cfg.task.get("refine") if "task" in run_cfg else None
+    if refine is not None:
+        refine.stage1_ckpt = None
+        if refine.get("jitter_px") == "auto":
+            refine.jitter_px = 0.0  # a training-time quantity, read from stage1_ckpt's run: not needed to rebuild
+        if "pretrained" in (refine.get("backbone") or {}):
+            refine.backbone.pretrained = False
+    return run_cfg

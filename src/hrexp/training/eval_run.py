@@ -28,7 +28,7 @@ from hrexp.reports.html_report import Section, TableBlock, write_html
 from hrexp.run_record import write_json
 from hrexp.tasks.base import Task
 from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
-from hrexp.training.checkpoint_config import upgrade_targets
+from hrexp.training.checkpoint_config import rebuild_config
 from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
 from hrexp.training.train_run import seed_run
 from hrexp.utils.config_tree import print_and_save_config
@@ -51,10 +51,7 @@ def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
     How the network runs (channels_last, torch.compile) is this command's choice, not the training
     run's: a checkpoint trained with ``trainer=gpu_fast`` is evaluated uncompiled by default. Class paths of checkpoints written by earlier hrexp versions are mapped to today's.
     """
-    run_cfg = OmegaConf.create(upgrade_targets(ckpt["hrexp"]["config"]))
-    if "pretrained" in run_cfg.model:
-        # The checkpoint holds the trained weights: the initial ones need not (and may no longer) exist.
-        run_cfg.model.pretrained = False
+    run_cfg = rebuild_config(ckpt)
     run_cfg.speed = OmegaConf.to_container(cfg.speed) if cfg.get("speed") is not None else None
     if cfg.get("data") is not None:
         # Resolve in this command's context (its paths), then hand it to the run's config.

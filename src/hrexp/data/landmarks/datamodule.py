@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 from torch.utils.data import Dataset
@@ -27,6 +27,7 @@ from hrexp.data.landmarks.aasce_reader import read_aasce, read_aasce_angles
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
+from hrexp.data.landmarks.originals import collate_originals, refine_factor
 from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.data.landmarks.synthetic_spine import build_synthetic_spine, synthetic_spine_folder
 from hrexp.data.landmarks.validation import check_same_landmarks, validate_landmark_set
@@ -56,6 +57,15 @@ class LandmarkDataModule(HRExpDataModule):
         image_cache: Folder of the images reduced to the working resolution
             (:class:`~hrexp.data.image_cache.ShrunkImageCache`); None decodes every original at
             every epoch.
+        refine_scale: For coarse-to-fine refinement: None (off), or ``1/n`` for a whole number n >= 1
+            (1.0, 0.5, 0.333.., 0.25): every sample of every split also carries the un-augmented
+            original reduced by n (``original`` uint8 ``[3, Hs, Ws]``, ``original_scale``), and the
+            loaders collate with :func:`~hrexp.data.landmarks.originals.collate_originals` (padded
+            ``original``, ``original_scale`` ``[B]``, ``original_hw`` ``[B, 2]``); see
+            :mod:`hrexp.data.landmarks.originals`.
+
+    Raises:
+        ValueError: A bad ``refine_scale`` (the message names ``data.refine_scale``).
     """
 
     input_size_option = "data.image_size"
@@ -76,6 +86,7 @@ class LandmarkDataModule(HRExpDataModule):
         flip: bool | None = None,
         pin_memory: bool = False,
         image_cache: str | Path | None = None,
+        refine_scale: float | None = None,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          val_fraction=val_fraction, split_seed=split_seed)
@@ -88,6 +99,8 @@ class LandmarkDataModule(HRExpDataModule):
         self.brightness = float(brightness)
         self.contrast = float(contrast)
         self.flip = flip
+        self.refine_factor = refine_factor(refine_scale)
+        self.refine_scale = None if self.refine_factor is None else 1.0 / self.refine_factor
 
     # ------------------------------------------------------------------ family hooks
     def complete_splits(self, splits: dict[str, LandmarkSet | None]) -> dict[str, LandmarkSet | None]:
@@ -130,11 +143,17 @@ class LandmarkDataModule(HRExpDataModule):
             "landmark data: %d train, %d val, %d %s images, %d landmarks",
             len(train), len(splits["val"]), len(splits["test"]), self.test_split_name, train.num_keypoints,
         )
+        originals = dict(image_cache=self.image_cache, refine_factor=self.refine_factor)
         return {
-            "train": LandmarkDataset(train, train_tf, self.image_cache),
-            "val": LandmarkDataset(splits["val"], eval_tf, self.image_cache),
-            "test": LandmarkDataset(splits["test"], eval_tf, self.image_cache),
+            "train": LandmarkDataset(train, train_tf, **originals),
+            "val": LandmarkDataset(splits["val"], eval_tf, **originals),
+            "test": LandmarkDataset(splits["test"], eval_tf, **originals),
         }
+
+    def collate_fn(self, split: str) -> Callable | None:
+        """:func:`~hrexp.data.landmarks.originals.collate_originals` when ``refine_scale`` is set (the
+        originals differ in size); otherwise None (torch's default collate)."""
+        return None if self.refine_factor is None else collate_originals
 
     @property
     def input_size(self) -> tuple[int, int]:

@@ -1,0 +1,124 @@
+"""Coarse-to-fine refinement: the patch geometry round trip (a perfect refiner recovers the truth from any
+stage-1 error inside its patch), a training step through both stages, stage 1 started from a checkpoint
+and frozen, the jitter read from the first stage's run, and eval rebuilding a refined checkpoint."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from hrexp.training.build import ConfigError, build_datamodule, build_module
+from hrexp.training.checkpoint_config import rebuild_config
+from tests.fit_helpers import TINY_W18
+
+# Patches of 32 px of the original (128x64) at native scale; 8 landmarks refined per training image.
+REFINE = [*TINY_W18, "refine=native", "task.refine.patch_size=32", "task.refine.train_patches=8",
+          "task.refine.jitter_px=4"]
+
+
+def built(compose_cfg, overrides=()):
+    cfg = compose_cfg([*REFINE, *overrides])
+    datamodule = build_datamodule(cfg.data)
+    return cfg, datamodule, build_module(cfg, datamodule)
+
+
+def test_a_perfect_refiner_recovers_the_truth_from_any_coarse_error_inside_its_patch(compose_cfg, monkeypatch):
+    # 64-px patches (16x16 maps) and a narrow Gaussian: the truth's heatmap is not cut by the patch border
+    _, datamodule, module = built(compose_cfg, ["task.refine.scale=0.5", "task.refine.patch_size=64",
+                                                "task.refine.codec.sigma=1.0"])
+    task = module.task
+    batch = next(iter(datamodule.val_dataloader()))
+    truth = batch["keypoints_orig"].float()
+    b, k, _ = truth.shape
+    shift = torch.tensor([9.0, -7.0])  # stage 1 off by (9, -7) original px: inside a 32-px patch at scale 0.5
+    coarse_input = torch.einsum("bij,bkj->bki", batch["matrix"].float()[:, :2, :2], truth + shift) \
+        + batch["matrix"].float()[:, None, :2, 2]
+    h, w = (s // 4 for s in batch["image"].shape[-2:])
+    stage1, _ = task.codec.encode(coarse_input, torch.ones(b, k), heatmap_size=(h, w), stride=4.0)
+
+    cut = {}
+    patches_of = task._patches
+
+    def recording(batch, centres):  # the patch origins predict uses (around stage 1's decoded points)
+        patches, origin = patches_of(batch, centres)
+        cut["origin"] = origin
+        return patches, origin
+
+    def perfect(patches, landmark):
+        # the heatmap of the truth inside each patch, measured from that patch's own origin
+        s = batch["original_scale"].float()[:, None, None]
+        target = ((truth + 0.5) * s - 0.5 - cut["origin"]).reshape(-1, 2)
+        maps, _ = task.refiner.codec.encode(target[:, None], torch.ones(len(target), 1), heatmap_size=(16, 16),
+                                            stride=4.0)
+        return maps
+
+    monkeypatch.setattr(task, "_patches", recording)
+    monkeypatch.setattr(task.refiner, "forward", perfect)
+    preds = task.predict(stage1, batch)
+    coarse_error = (preds["keypoints_coarse"] - truth).norm(dim=-1)
+    assert float(coarse_error.mean()) > 9  # stage 1 was off ...
+    inside = (truth[..., 0] > 20) & (truth[..., 0] < 64 - 20) & (truth[..., 1] > 20) & (truth[..., 1] < 128 - 20)
+    assert int(inside.sum()) > 10
+    error = (preds["keypoints"] - truth).norm(dim=-1)[inside]
+    assert float(error.max()) < 0.1  # ... the refined points are the truth (original px), through scale 0.5
+
+
+def test_a_training_step_moves_both_stages(compose_cfg):
+    _, datamodule, module = built(compose_cfg)
+    batch = next(iter(datamodule.train_dataloader()))
+    assert batch["original"].dtype == torch.uint8 and batch["original"].shape[-2:] == (128, 64)
+    module.train()
+    loss = module.task.loss(module(batch["image"]), batch)
+    loss.backward()
+    assert torch.isfinite(loss)
+    for part in (module.backbone, module.task.head, module.task.refiner):
+        assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in part.parameters())
+    # validation patches are the same every time (val/loss compares checkpoints, not draws)
+    module.eval()
+    val = next(iter(datamodule.val_dataloader()))
+    with torch.no_grad():
+        assert float(module.task.loss(module(val["image"]), val)) == float(module.task.loss(module(val["image"]), val))
+
+
+def test_stage_two_alone_starts_from_a_first_stage_checkpoint_and_keeps_it(compose_cfg, tmp_path):
+    cfg1 = compose_cfg(TINY_W18)
+    first = build_module(cfg1, build_datamodule(cfg1.data))
+    # a first-stage run folder: checkpoints/ and its results.json (the best val/mre sizes the jitter)
+    (tmp_path / "stage1" / "checkpoints").mkdir(parents=True)
+    ckpt = tmp_path / "stage1" / "checkpoints" / "best.ckpt"
+    torch.save({"state_dict": first.state_dict(), "hrexp": {"config": {}}}, ckpt)
+    (tmp_path / "stage1" / "results.json").write_text(json.dumps({"best": {"val/mre": {"value": 7.5}}}))
+    _, datamodule, module = built(compose_cfg, [f"task.refine.stage1_ckpt={ckpt}", "task.refine.train_stage1=false",
+                                                "task.refine.jitter_px=auto"])
+    assert module.task.jitter_px == 7.5  # the first stage's best val/mre
+    before = {k: v.clone() for k, v in module.state_dict().items() if k.startswith(("backbone.", "task.head."))}
+    assert all(torch.equal(before[k], v) for k, v in first.state_dict().items() if k in before)
+    optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
+    module.train()
+    batch = next(iter(datamodule.train_dataloader()))
+    module.task.loss(module(batch["image"]), batch).backward()
+    optimizer.step()
+    after = module.state_dict()
+    # (num_batches_tracked still counts: with momentum 0 it weighs nothing)
+    changed = [k for k in before if not torch.equal(before[k], after[k]) and not k.endswith("num_batches_tracked")]
+    assert changed == [], changed[:5]  # weights and BatchNorm statistics kept
+    assert not any(p.requires_grad for p in module.backbone.parameters())
+
+
+def test_bad_refine_options_are_refused_by_name(compose_cfg):
+    with pytest.raises(ConfigError, match="task.refine.train_stage1=false needs task.refine.stage1_ckpt"):
+        built(compose_cfg, ["task.refine.train_stage1=false"])
+    with pytest.raises(ConfigError, match="task.refine.jitter_px=auto needs task.refine.stage1_ckpt"):
+        built(compose_cfg, ["task.refine.jitter_px=auto"])
+    with pytest.raises(ConfigError, match="task.refine.patch_size=30: expected >= 8 and a multiple of"):
+        built(compose_cfg, ["task.refine.patch_size=30"])
+
+
+def test_a_refined_checkpoint_is_rebuilt_without_its_first_stage_file(compose_cfg):
+    _, _, module = built(compose_cfg)
+    stored = {"hrexp": {"config": {**module.run_config, "task": {**module.run_config["task"],
+              "refine": {**module.run_config["task"]["refine"], "stage1_ckpt": "/gone.ckpt", "jitter_px": "auto"}}}}}
+    rebuilt = rebuild_config(stored)
+    assert rebuilt.task.refine.stage1_ckpt is None and rebuilt.task.refine.jitter_px == 0.0
