@@ -11,7 +11,7 @@ import sys
 
 import pytest
 
-from tests.helpers import ROOT
+from tests.helpers import ROOT, run_script
 
 pytestmark = pytest.mark.slow
 
@@ -98,3 +98,16 @@ def test_the_index_holds_every_benchmark_and_says_the_gpu_is_not_measured(smoke_
                  "heatmap_resolution", "heatmap_resolution_accuracy", "throughput"):
         assert f"## {name} (cpu)" in index, name
     assert "GPU: not yet measured" in index
+
+
+@pytest.mark.slow  # trains and evaluates three tiny variants (~1.5 min)
+def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir):
+    """scripts/high_resolution.py --smoke: a codec, SimCC and the refined best codec, each trained a few steps
+    and evaluated from its best checkpoint, in one table (the real runs take hours and are recorded, not tested)."""
+    run_script("scripts/high_resolution.py", ["--smoke", "--variants", "baseline", "simcc", "refine",
+                                              "--out", str(tmp_path)], cache_dir, timeout=900)
+    table = (tmp_path / "table.md").read_text()
+    assert "SMOKE RUN" in table
+    rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| simcc")
+            or line.startswith("| refine_")]
+    assert len(rows) == 3 and "refine=native" in rows[2]

@@ -162,3 +162,14 @@ def test_pck_per_keypoint_by_hand():
     assert rows["a"]["pck@0.05"] == 0.0 and rows["a"]["pck@0.1"] == 1.0  # 0.1 is within 0.1 (inclusive)
     assert rows["b"]["pck@0.05"] == 1.0 and rows["c"]["n"] == 1
     assert rows["all keypoints"]["n"] == 5 and rows["all keypoints"]["pck@0.05"] == pytest.approx(3 / 5)
+
+
+def test_relative_errors_by_hand():
+    from hrexp.evaluation.landmark_report import relative_errors
+
+    error = np.array([[3.0, 10.0], [np.nan, 2.0]])
+    sizes = np.array([[100.0, 0.0], [200.0, 0.0]])  # heights 100 and 200 (zero widths: diagonal = height)
+    out = relative_errors(error, sizes)
+    assert out["mre_over_height"] == pytest.approx((0.03 + 0.10 + 0.01) / 3)
+    assert out["mre_over_diagonal"] == pytest.approx(out["mre_over_height"])
+    assert out["sdr_1%_height"] == pytest.approx(1 / 3) and out["sdr_4%_height"] == pytest.approx(2 / 3)

@@ -95,6 +95,33 @@ def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], 
     return rows
 
 
+# SDR radii as a share of each image's height: for data without a pixel spacing (AASCE X-rays).
+HEIGHT_FRACTIONS = (0.01, 0.02, 0.04)
+
+
+def image_sizes(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> np.ndarray:
+    """``[N, 2]`` (height, width) of each sample's original image (from its record, else the file header)."""
+    records = ctx.records().records
+    sizes = []
+    for sample in samples:
+        record = records[int(sample["index"])]
+        sizes.append(record.size or read_image_size(record.image_path))
+    return np.asarray(sizes, dtype=np.float64)
+
+
+def relative_errors(error: np.ndarray, sizes: np.ndarray) -> dict[str, float | None]:
+    """MRE over the image height and over its diagonal, and SDR at 1 %, 2 % and 4 % of the height."""
+    height, diagonal = sizes[:, :1], np.hypot(sizes[:, :1], sizes[:, 1:])
+    ok = np.isfinite(error)
+    if not ok.any():
+        return {}
+    out = {"mre_over_height": number((error / height)[ok].mean()),
+           "mre_over_diagonal": number((error / diagonal)[ok].mean())}
+    for fraction in HEIGHT_FRACTIONS:
+        out[f"sdr_{fraction:.0%}_height"] = number((error <= fraction * height)[ok].mean())
+    return out
+
+
 def is_spine_layout(names: Sequence[str]) -> bool:
     """Whether the landmarks are the AASCE layout: 17 vertebrae (T1..L5) x 4 corners, in that order."""
     return list(names) == list(AASCE_LANDMARK_NAMES)
@@ -148,25 +175,27 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     write_table_csv(ctx.out_dir / "per_landmark.csv", landmark_rows)
     write_table_csv(ctx.out_dir / "per_image.csv", image_rows)
     write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx))
-    overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii)}]
+    sizes = image_sizes(samples, ctx)
+    overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii), **relative_errors(error, sizes)}]
     if np.isfinite(error_mm).any():
         overall[0].update(_stats(error_mm, "_mm"))
     if "keypoints_coarse" in samples[0]:  # coarse-to-fine: what the second stage bought
         coarse, _ = radial_errors([{**s, "keypoints": s["keypoints_coarse"]} for s in samples])
         overall = [{"stage": "refined (both stages)", **overall[0]},
-                   {"stage": "coarse (stage 1)", "images": len(samples), **_stats(coarse), **_sdr(coarse, radii)}]
-        ctx.facts["coarse_mre"] = overall[1]["mre"]
+                   {"stage": "coarse (stage 1)", "images": len(samples), **_stats(coarse), **_sdr(coarse, radii),
+                    **relative_errors(coarse, sizes)}]
+        ctx.facts["coarse"] = overall[1]
+    ctx.facts["overall"] = overall[0]
+    write_table_csv(ctx.out_dir / "overall.csv", overall)
     curve = sdr_curve({"all landmarks": error[np.isfinite(error)]}, ctx.out_dir / "sdr_curve.png",
                       marks=radii, unit="px")
     box = error_boxplot({name: error[:, k] for k, name in enumerate(names)}, ctx.out_dir / "error_boxplot.png",
                         unit="px", title="radial error per landmark")
     sections = [
         Section("Landmark errors", text="Radial errors in original-image pixels (and mm where the spacing is "
-                "known); SDR is the share of landmarks within each radius.",
-                tables=[TableBlock("All landmarks", overall),
-                        TableBlock("Per landmark", landmark_rows, csv="per_landmark.csv"),
-                        TableBlock("Per image (first rows; sorted as the split)", image_rows, csv="per_image.csv",
-                                   max_rows=20)],
+                "known); SDR is the share of landmarks within each radius. Relative to each image: MRE over its "
+                "height and its diagonal, and SDR within 1, 2 and 4 % of its height.",
+                tables=[TableBlock("All landmarks", overall, csv="overall.csv")],
                 figures=[Figure(curve, "SDR curve: the share of landmarks within r pixels."),
                          Figure(box, "Radial error per landmark.")]),
     ]
@@ -178,4 +207,9 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
                     feature_section(samples, ctx, ctx.facts["gallery_worst"][0] if ctx.facts.get("gallery_worst") else None)):
         if section is not None:
             sections.append(section)
+    # the long tables last: the pictures above are what a reader looks at first
+    sections.append(Section("Per landmark and per image",
+                            tables=[TableBlock("Per landmark", landmark_rows, csv="per_landmark.csv", max_rows=None),
+                                    TableBlock("Per image (first rows; sorted as the split)", image_rows,
+                                               csv="per_image.csv", max_rows=20)]))
     return sections
