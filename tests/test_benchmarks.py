@@ -111,3 +111,15 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| simcc")
             or line.startswith("| refine_")]
     assert len(rows) == 3 and "refine=native" in rows[2]
+
+
+@pytest.mark.slow  # trains and evaluates the four spine experiments a few steps each (~2 min)
+def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
+    """scripts/spine_table.py --smoke: experiment=spine_unet / resnet50 / hrnet_w32 / hrnet_w32_best each run
+    (their own models, on a tiny synthetic set), are evaluated, tabled and compared."""
+    run_script("scripts/spine_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
+    table = (tmp_path / "table.md").read_text()
+    assert "SMOKE RUN" in table
+    for model in ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best"):
+        assert f"| {model} |" in table
+    assert (tmp_path / "comparison" / "comparison.csv").is_file()

@@ -1,0 +1,51 @@
+"""The reference plan's comparison on the real AASCE spine X-rays (issue 17): UNet, ResNet-50, HRNet-W32 and
+HRNet-W32 with the best codec and refinement, trained and evaluated by hrexp's own commands.
+
+    .venv/bin/python scripts/spine_table.py --minutes 40        # the reduced CPU version (~3 h), labelled so
+    .venv/bin/python scripts/spine_table.py --full              # the full recipe (experiment/spine_*.yaml, GPU)
+    .venv/bin/python scripts/spine_table.py --smoke             # a few steps on synthetic data
+
+Each model trains ``experiment=spine_<model>`` (the reduced version: 512x192 input, batch 2, ``--minutes``
+of training), ``eval.py`` scores its best-val-MRE checkpoint on the 128 test images (report, SDR curve,
+worst-case gallery, Cobb SMAPE), and ``hrexp.compare`` compares the runs. The table goes to
+``<out>/table.md``; docs/results/spine_aasce.md quotes it with the machine and date.
+"""
+
+from __future__ import annotations
+
+import argparse
+from datetime import date
+from pathlib import Path
+
+from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, write_table
+
+MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best")
+REDUCED = [*CPU, "data.image_size=[512,192]"]
+FULL: list[str] = []  # the experiments as they are (sized for a GPU)
+TABLE = ("variant", "params_M", "macs_G", "train_min", "best_val_mre", *COLUMNS, "cobb_smape", "coarse_mre")
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=MODELS)
+    parser.add_argument("--minutes", type=float, default=40.0, help="training time per model (reduced version)")
+    parser.add_argument("--full", action="store_true", help="the full recipe of experiment/spine_*.yaml (a GPU)")
+    parser.add_argument("--out", type=Path, default=ROOT / "logs" / "spine_table")
+    parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic data (checks it starts)")
+    args = parser.parse_args(argv)
+    recipe = FULL if args.full else REDUCED
+    note = ("scripts/spine_table.py --smoke: SMOKE RUN (synthetic data), not a result" if args.smoke else
+            f"scripts/spine_table.py {'--full' if args.full else f'(reduced CPU version: 512x192, {args.minutes:g} min each)'}, "
+            f"{date.today()}")
+    rows = []
+    for model in args.models:
+        minutes = None if args.full else args.minutes  # the full recipe runs its epochs
+        rows.append(train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe))
+        write_table(rows, TABLE, args.out / "table.md", note)
+    from hrexp.compare import main as compare  # the curves and the table of the runs, labelled by their overrides
+
+    return compare([*(str(args.out / m / "train") for m in args.models), "--out", str(args.out / "comparison")])
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

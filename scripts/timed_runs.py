@@ -1,0 +1,63 @@
+"""What the result scripts share (high_resolution.py, spine_table.py): train one experiment variant for a
+fixed wall time, score its best checkpoint with eval.py on the test split, and write a Markdown table.
+Finished variants are reused, so a comparison that spans hours can be continued by calling it again."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+from typing import Sequence
+
+ROOT = Path(__file__).resolve().parents[1]
+# The CPU recipe: batch 2, no loader workers (they would take the model's cores), time-bounded.
+CPU = ["data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1000", "callbacks.progress_bar=null"]
+# --smoke: the same commands on a tiny synthetic set, one short epoch, to check a script still starts.
+SMOKE = ["data=synthetic_spine", "data.num_train=8", "data.num_test=4", "data.image_size=[64,32]",
+         "data.original_size=[128,64]", "trainer.max_epochs=1", "trainer.limit_train_batches=2",
+         "trainer.limit_val_batches=1", "trainer.limit_test_batches=1"]
+COLUMNS = ("mre", "median", "sdr_1%_height", "sdr_2%_height", "sdr_4%_height", "mre_over_height", "mre_over_diagonal")
+
+
+def run(script: str, args: Sequence[str], log: Path) -> None:
+    """``python <script> <args>`` in the repository, its output in ``log``; exits naming the log on failure."""
+    log.parent.mkdir(parents=True, exist_ok=True)
+    with open(log, "w") as fh:
+        proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        raise SystemExit(f"{script} {' '.join(args)} failed ({proc.returncode}); see {log}")
+
+
+def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
+                   recipe: Sequence[str] = CPU) -> dict:
+    """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs; a finished run is reused), evaluate its best checkpoint
+    on the test split; the row: the run record's params, MACs, time, best val MRE and the report's errors."""
+    base = [f"experiment={experiment}", *overrides, *recipe, *(SMOKE if smoke else [])]
+    budget = [] if smoke or minutes is None else [f"trainer.max_time={{minutes: {minutes}}}"]
+    results = out / name / "train" / "results.json"
+    if results.is_file() and json.loads(results.read_text()).get("status") == "finished":
+        print(f"{name}: reusing the finished run in {results.parent}")
+    else:
+        run("train.py", [*base, *budget, f"hydra.run.dir={out / name / 'train'}"], out / name / "train.log")
+    record = json.loads(results.read_text())
+    ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
+    run("eval.py", [f"ckpt_path={ckpt}", "split=test", f"hydra.run.dir={out / name / 'eval'}"], out / name / "eval.log")
+    facts = json.loads((out / name / "eval" / "report.json").read_text())
+    return {"variant": name, "overrides": " ".join(overrides),
+            "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
+            "train_min": float(record.get("train_time_s") or 0.0) / 60,
+            "best_val_mre": record["best"]["val/mre"]["value"], **{c: facts["overall"].get(c) for c in COLUMNS},
+            "coarse_mre": (facts.get("coarse") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+
+
+def write_table(rows: Sequence[dict], columns: Sequence[str], path: Path, note: str) -> None:
+    """The rows as a Markdown table (4 significant digits) under a comment saying how it was made; printed too."""
+    lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
+    for row in rows:
+        cells = [f"{row.get(c):.4g}" if isinstance(row.get(c), float) else ("" if row.get(c) is None else str(row.get(c)))
+                 for c in columns]
+        lines.append("| " + " | ".join(cells) + " |")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(f"<!-- written by {note} -->\n\n" + "\n".join(lines) + "\n")
+    print("\n".join(lines))
