@@ -8,6 +8,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from hrexp.losses.heatmap_mse import check_heatmap_loss_inputs
+
 
 class AdaptiveWingLoss(nn.Module):
     r"""Adaptive Wing loss with the paper's weighted loss map and per-landmark weights.
@@ -149,18 +151,7 @@ class AdaptiveWingLoss(nn.Module):
             ValueError: If ``pred`` and ``target`` differ in shape, are not 4-D, or ``weights`` is
                 not ``[B, K]``.
         """
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
-                f"and target {tuple(target.shape)}"
-            )
-        if pred.dim() != 4:
-            raise ValueError(f"pred and target must be [B, K, h, w], got {tuple(pred.shape)}")
-        if weights.shape != pred.shape[:2]:
-            raise ValueError(
-                f"weights must be [B, K] = {tuple(pred.shape[:2])} to match pred "
-                f"{tuple(pred.shape)}, got {tuple(weights.shape)}"
-            )
+        check_heatmap_loss_inputs(pred, target, weights)
         # At least float32 (AMP): pow / log1p and a sum over B*K*h*w elements in half precision lose too much.
         dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
         w = weights[:, :, None, None].to(dtype).expand(pred.shape)

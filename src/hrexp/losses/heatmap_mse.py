@@ -37,18 +37,7 @@ class WeightedHeatmapMSE(nn.Module):
             ValueError: If ``pred`` and ``target`` differ in shape, are not 4-D, or ``weights`` is
                 not ``[B, K]``.
         """
-        if pred.shape != target.shape:
-            raise ValueError(
-                f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
-                f"and target {tuple(target.shape)}"
-            )
-        if pred.dim() != 4:
-            raise ValueError(f"pred and target must be [B, K, h, w], got {tuple(pred.shape)}")
-        if weights.shape != pred.shape[:2]:
-            raise ValueError(
-                f"weights must be [B, K] = {tuple(pred.shape[:2])} to match pred "
-                f"{tuple(pred.shape)}, got {tuple(weights.shape)}"
-            )
+        check_heatmap_loss_inputs(pred, target, weights)
         # At least float32: a half-precision (AMP) sum over B*K*h*w elements loses the small
         # per-pixel errors that dominate a heatmap loss.
         dtype = torch.promote_types(torch.promote_types(pred.dtype, target.dtype), torch.float32)
@@ -56,3 +45,23 @@ class WeightedHeatmapMSE(nn.Module):
         w = weights[:, :, None, None].to(sq.dtype)
         # where() rather than a bare product: 0 * inf / NaN from an ignored landmark would be NaN.
         return torch.where(w != 0, sq * w, torch.zeros_like(sq)).mean()
+
+
+def check_heatmap_loss_inputs(pred: Tensor, target: Tensor, weights: Tensor) -> None:
+    """The contract of every heatmap loss: ``pred`` and ``target`` ``[B, K, h, w]`` alike, ``weights [B, K]``.
+
+    Raises:
+        ValueError: naming the shapes that do not fit.
+    """
+    if pred.shape != target.shape:
+        raise ValueError(
+            f"pred and target must have the same shape, got pred {tuple(pred.shape)} "
+            f"and target {tuple(target.shape)}"
+        )
+    if pred.dim() != 4:
+        raise ValueError(f"pred and target must be [B, K, h, w], got {tuple(pred.shape)}")
+    if weights.shape != pred.shape[:2]:
+        raise ValueError(
+            f"weights must be [B, K] = {tuple(pred.shape[:2])} to match pred "
+            f"{tuple(pred.shape)}, got {tuple(weights.shape)}"
+        )
