@@ -291,6 +291,7 @@ def test_output_names_stay_unique():
                                                                "b/x.png": "x.png_1"}
 
 
+@pytest.mark.slow  # two subprocesses that import torch (~18 s); the same refusal is tested in-process above
 def test_the_installed_command_and_the_script_refuse_a_bad_input(tmp_path):
     """`hrexp-predict` is installed and `predict.py` runs; both name the option in their error."""
     command = Path(sys.executable).with_name("hrexp-predict")
