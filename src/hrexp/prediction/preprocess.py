@@ -32,7 +32,7 @@ from torch.utils.data import default_collate
 from hrexp.data.landmarks.datamodule import LandmarkDataModule
 from hrexp.data.landmarks.originals import collate_originals, original_fields, reduce_original, refine_factor
 from hrexp.data.pose.datamodule import PoseDataModule
-from hrexp.data.pose.reader import _clip_box
+from hrexp.data.pose.reader import clip_box
 from hrexp.data.pose.topdown import TopDownTransform
 from hrexp.data.segmentation.datamodule import SegDataModule
 from hrexp.data.segmentation.transforms import SegEvalTransform, pad_collate
@@ -96,7 +96,7 @@ class TopDownCrops:
             return [PersonBox((0.0, 0.0, float(size_hw[1]), float(size_hw[0])))]
         out = []
         for box in self.boxes.get(path.name, []):
-            clipped = _clip_box(list(box.bbox), size_hw)
+            clipped = clip_box(list(box.bbox), size_hw)
             if clipped is not None:
                 out.append(PersonBox(tuple(float(v) for v in clipped), box.score, box.image_id))
         return out

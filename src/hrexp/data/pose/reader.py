@@ -77,7 +77,7 @@ class PoseSplit:
         return self.meta.num_keypoints
 
 
-def _clip_box(bbox: Any, size_hw: tuple[int, int]) -> np.ndarray | None:
+def clip_box(bbox: Any, size_hw: tuple[int, int]) -> np.ndarray | None:
     """``(x, y, w, h)`` clipped to the image; None for a malformed or empty box."""
     if not (isinstance(bbox, (list, tuple)) and len(bbox) == 4 and all(is_number(v) for v in bbox)):
         return None
@@ -167,7 +167,7 @@ def read_pose_coco(
         })
         if crowd or not visible.any():
             continue
-        bbox = _clip_box(raw_box, size)
+        bbox = clip_box(raw_box, size)
         if bbox is None:
             skipped_box += 1
             continue
@@ -270,7 +270,7 @@ def read_detections(path: str | Path, split: PoseSplit, score_threshold: float =
         if det["score"] < score_threshold:
             continue
         image_path, size = split.images[det["image_id"]]
-        bbox = _clip_box(det.get("bbox"), size)
+        bbox = clip_box(det.get("bbox"), size)
         if bbox is None:
             continue
         instances.append(PoseInstance(
