@@ -89,6 +89,13 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         centres = truth + torch.randn(truth.shape, generator=generator, device=truth.device) * self.jitter_px
         patches, origin = self._patches(batch, centres)  # [B, M, 3, P, P], origin in reduced px
         target = self._to_reduced(truth, batch) - origin  # the truth in patch px
+        # A sample flipped by the augmentation has its landmarks relabelled by the flip pairs (landmark i is
+        # what becomes i in the mirror image): its patches, cut from the unflipped original, are mirrored too.
+        flipped = torch.linalg.det(batch["matrix"].float()[:, :2, :2]) < 0
+        if bool(flipped.any()):
+            patches = torch.where(flipped[:, None, None, None, None], patches.flip(-1), patches)
+            mirrored = torch.stack([(self.patch_size - 1) - target[..., 0], target[..., 1]], dim=-1)
+            target = torch.where(flipped[:, None, None], mirrored, target)
         maps = self.refiner(patches.flatten(0, 1), landmarks.flatten())
         heatmaps, weights = self.refiner.codec.encode(target.flatten(0, 1)[:, None], visible.flatten()[:, None].float(),
                                                       heatmap_size=tuple(maps.shape[-2:]), stride=self.refiner.stride)
