@@ -34,7 +34,8 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs; a finished run is reused), evaluate its best checkpoint
     on the test split; the row: the run record's params, MACs, time, best val MRE and the report's errors."""
     base = [f"experiment={experiment}", *overrides, *recipe, *(SMOKE if smoke else [])]
-    budget = [] if smoke or minutes is None else [f"trainer.max_time={{minutes: {minutes}}}"]
+    # ++: set whether or not the trainer config has the key (Lightning stops after that wall time)
+    budget = [] if minutes is None else [f"++trainer.max_time={max_time(minutes)}"]
     results = out / name / "train" / "results.json"
     if results.is_file() and json.loads(results.read_text()).get("status") == "finished":
         print(f"{name}: reusing the finished run in {results.parent}")
@@ -49,6 +50,12 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
             "train_min": float(record.get("train_time_s") or 0.0) / 60,
             "best_val_mre": record["best"]["val/mre"]["value"], **{c: facts["overall"].get(c) for c in COLUMNS},
             "coarse_mre": (facts.get("coarse") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+
+
+def max_time(minutes: float) -> str:
+    """Lightning's ``max_time`` string ``DD:HH:MM:SS`` (its dict form would reach it as a DictConfig)."""
+    seconds = round(minutes * 60)
+    return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
 def write_table(rows: Sequence[dict], columns: Sequence[str], path: Path, note: str) -> None:
