@@ -7,6 +7,7 @@ from __future__ import annotations
 import csv
 import json
 import math
+import re
 
 import numpy as np
 import pytest
@@ -103,6 +104,16 @@ def test_plots_are_pngs_and_the_html_embeds_every_one(single):
     assert all(image in pngs for image in embedded)  # each embedded image is one of the report's PNGs
     assert len(embedded) >= 8
     assert "http://" not in html and "https://" not in html  # works offline
+
+
+def test_the_markdown_report_holds_the_tables_and_links_every_plot(single):
+    _, out = single
+    text = (out / "report.md").read_text()
+    per_landmark = read_csv(out / "per_landmark.csv")
+    first = per_landmark[0]
+    assert f"| {first['landmark']} | {first['n']} | {float(first['mre']):.4g} |" in text
+    links = re.findall(r"!\[[^\]]*\]\(([^)]+)\)", text)
+    assert sorted(links) == sorted(p.name for p in out.glob("*.png"))  # every plot linked, relative, existing
 
 
 def test_confidences_are_ranked_against_the_errors(single):

@@ -25,6 +25,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hrexp.evaluation.context import ReportContext, ReportOptions
 from hrexp.evaluation.tables import write_table_csv
 from hrexp.reports.html_report import Section, TableBlock, write_html
+from hrexp.reports.markdown_report import write_markdown
 from hrexp.run_record import write_json
 from hrexp.tasks.base import Task
 from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
@@ -261,7 +262,8 @@ def check_members(paths: Sequence[str], checkpoints: Sequence[dict[str, Any]]) -
 
 def write_report(task: Any, samples: list[dict[str, Any]], context: ReportContext, summary: Mapping[str, Any],
                  members: Sequence[Member]) -> Path:
-    """The task's report sections after a summary section, as ``report.html``; what it chose in ``report.json``."""
+    """The task's report sections after a summary section, as ``report.html`` and ``report.md``; what it chose
+    in ``report.json``."""
     out_dir = context.out_dir
     metric_rows = [{"metric": name, "value": value, "better": summary["metric_modes"].get(name, "")}
                    for name, value in summary["metrics"].items()]
@@ -278,8 +280,9 @@ def write_report(task: Any, samples: list[dict[str, Any]], context: ReportContex
             "split": summary["split"], "samples": str(len(samples)),
             "model": str(summary["choices"].get("model")), "task": str(summary["choices"].get("task")),
             "data": str(summary["choices"].get("data")), "written": datetime.now().isoformat(timespec="seconds")}
-    path = write_html(out_dir / "report.html", f"Evaluation: {meta['model']} on {meta['data']} ({meta['split']})",
-                      sections, meta)
+    title = f"Evaluation: {meta['model']} on {meta['data']} ({meta['split']})"
+    path = write_html(out_dir / "report.html", title, sections, meta)
+    write_markdown(out_dir / "report.md", title, sections, meta)
     write_json(out_dir / "report.json", {"html": path.name, "samples": len(samples), **context.facts})
     rich.print(f"[bold]Report[/bold] {path}")
     return path
