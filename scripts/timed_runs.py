@@ -45,7 +45,7 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
     run("eval.py", [f"ckpt_path={ckpt}", "split=test", f"hydra.run.dir={out / name / 'eval'}"], out / name / "eval.log")
     facts = json.loads((out / name / "eval" / "report.json").read_text())
-    return {"variant": name, "overrides": " ".join(overrides),
+    return {"variant": name, "overrides": " ".join(overrides), "checkpoint": ckpt,
             "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
             "train_min": float(record.get("train_time_s") or 0.0) / 60,
             "best_val_mre": record["best"]["val/mre"]["value"], **{c: facts["overall"].get(c) for c in COLUMNS},
