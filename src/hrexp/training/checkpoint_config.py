@@ -44,7 +44,7 @@ def rebuild_config(checkpoint: dict[str, Any]) -> Any:
 
     Today's class paths; and no initial weights to load, since the checkpoint holds the trained ones and
     the files they came from need not exist any more: ``model.pretrained`` and a refiner's
-    ``task.refine.stage1_ckpt`` are cleared.
+    ``task.refine.stage1_ckpt`` are cleared (with the training-only ``train_stage1`` / ``jitter_px=auto``).
     """
     from omegaconf import OmegaConf
 
@@ -54,6 +54,7 @@ def rebuild_config(checkpoint: dict[str, Any]) -> Any:
     refine = run_cfg.task.get("refine") if "task" in run_cfg else None
     if refine is not None:
         refine.stage1_ckpt = None
+        refine.train_stage1 = True  # freezing stage 1 is a training choice; its check would need the file
         if refine.get("jitter_px") == "auto":
             refine.jitter_px = 0.0  # a training-time quantity, read from stage1_ckpt's run: not needed to rebuild
         if "pretrained" in (refine.get("backbone") or {}):
