@@ -126,3 +126,24 @@ def test_a_refined_checkpoint_is_rebuilt_without_its_first_stage_file(compose_cf
     assert rebuilt.task.refine.stage1_ckpt is None and rebuilt.task.refine.jitter_px == 0.0
     again = build_module(rebuilt, datamodule)
     again.load_state_dict(module.state_dict())  # the same model: every weight fits
+
+
+def test_a_flipped_samples_patches_are_mirrored_with_their_targets(compose_cfg, monkeypatch):
+    """Under a flip the labels follow the mirror image: the patch cut from the unflipped original is mirrored,
+    and the truth's x inside it too (the same draws: validation's fixed generator)."""
+    _, datamodule, module = built(compose_cfg)
+    task = module.task.eval()
+    batch = next(iter(datamodule.val_dataloader()))
+    seen = []
+    monkeypatch.setattr(task.refiner, "forward", lambda patches, landmark: seen.append(patches) or
+                        torch.zeros(len(patches), 1, 8, 8, requires_grad=True))
+    encoded = []
+    encode = task.refiner.codec.encode
+    monkeypatch.setattr(task.refiner.codec, "encode", lambda kp, *a, **kw: encoded.append(kp) or encode(kp, *a, **kw))
+    outputs = torch.zeros(batch["image"].shape[0], 40, 16, 8)
+    task.loss(outputs, batch)
+    flip = torch.tensor([[-1.0, 0, 31], [0, 1, 0], [0, 0, 1]])  # the augmentation's flip of the 32-px-wide input
+    task.loss(outputs, {**batch, "matrix": flip @ batch["matrix"]})
+    assert torch.equal(seen[1], seen[0].flip(-1))
+    # inside a 32-px patch the mirrored x is 31 - x
+    assert torch.allclose(encoded[1][..., 0], 31 - encoded[0][..., 0]) and torch.equal(encoded[1][..., 1], encoded[0][..., 1])
