@@ -188,6 +188,7 @@ def test_eval_on_data_with_other_classes_names_both_counts(seg_run, cache_dir, t
     assert "task.head" in output and "checkpoint [2" in output
 
 
+@pytest.mark.slow  # an eval.py subprocess (~15 s); keeps make test under 10 minutes
 def test_a_segmentation_ensemble_is_refused_before_scoring(seg_run, cache_dir, tmp_path):
     """Seed ensembles average keypoints; segmentation has no combined scoring and says so by option."""
     record = json.loads((seg_run / "results.json").read_text())
