@@ -28,6 +28,15 @@ def denormalise(image: torch.Tensor | np.ndarray, mean: Sequence[float] = IMAGEN
     return np.ascontiguousarray(np.clip(arr * 255.0 + 0.5, 0, 255).astype(np.uint8))
 
 
+def enlarged_canvas(image: np.ndarray, scale: int) -> np.ndarray:
+    """A new RGB uint8 copy of ``image`` (grey repeated to 3 channels), enlarged ``scale`` times with nearest
+    pixels (kept sharp): what the drawing functions draw on."""
+    out = np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2), dtype=np.uint8)
+    if scale > 1:
+        return cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
+    return out.copy()
+
+
 def draw_keypoints(
     image: np.ndarray,
     gt: np.ndarray | None,
@@ -48,11 +57,7 @@ def draw_keypoints(
         A new ``[H * scale, W * scale, 3]`` uint8 image.
     """
     scale = max(1, int(scale))
-    out = np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2), dtype=np.uint8)
-    if scale > 1:
-        out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    else:
-        out = out.copy()
+    out = enlarged_canvas(image, scale)
     if radius is None:
         radius = max(2, round(min(out.shape[:2]) / 100))
     shift = 4  # sub-pixel drawing: coordinates in 1/16 pixel
@@ -136,11 +141,7 @@ def draw_skeleton(
         A new ``[H * scale, W * scale, 3]`` uint8 image.
     """
     scale = max(1, int(scale))
-    out = np.ascontiguousarray(image if image.ndim == 3 else np.repeat(image[..., None], 3, axis=2), dtype=np.uint8)
-    if scale > 1:
-        out = cv2.resize(out, (out.shape[1] * scale, out.shape[0] * scale), interpolation=cv2.INTER_NEAREST)
-    else:
-        out = out.copy()
+    out = enlarged_canvas(image, scale)
     points = np.asarray(keypoints, np.float64).reshape(-1, 2)
     ok = np.all(np.isfinite(points), axis=1)
     if visible is not None:
