@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import math
 
+import cv2
+import numpy as np
 import pytest
 import torch
 
@@ -73,3 +75,28 @@ def test_inverse_affine_round_trip():
     batch = _batch()
     back = apply_affine(batch["keypoints"], invert_affine(batch["matrix"]))
     torch.testing.assert_close(back, batch["keypoints_orig"], atol=1e-4, rtol=0)
+
+
+def test_gallery_draws_the_points_where_they_are_in_the_input():
+    """The report's gallery maps each prediction (kept in original px) through the sample's affine into the
+    network input and draws it there: the red dots' centres are the input positions, enlarged by ``scale``."""
+    from hrexp.evaluation.keypoint_report import sample_preds
+    from hrexp.reports.drawing import PRED_COLOR
+
+    task, batch, scale = _task(False), _batch(), 4
+    shifted = batch["keypoints_orig"] + torch.tensor([8.0, -4.0])  # predictions 8 px right, 4 up (original px)
+    samples = [{"index": i, "keypoints": shifted[i].numpy(), "scores": torch.ones(3).numpy()} for i in range(2)]
+    preds = sample_preds(samples, batch)
+    black = [torch.zeros(128, 128, 3, dtype=torch.uint8).numpy()] * 2
+    drawn = task.draw_predictions(black, batch, preds, scale=scale)
+    expected_input = apply_affine(shifted, batch["matrix"]).numpy()  # independent of sample_preds' own mapping
+    for i, (picture, caption) in enumerate(drawn):
+        assert picture.shape == (512, 512, 3)
+        assert caption == "mean error 8.94 px"  # |(8, -4)| in original px
+        red = np.all(picture == np.asarray(PRED_COLOR, np.uint8), axis=2)
+        count, components = cv2.connectedComponents(red.astype(np.uint8))
+        assert count - 1 == 3  # one dot per landmark (label 0 is the background)
+        centres = np.array([np.argwhere(components == c).mean(axis=0)[::-1] for c in range(1, 4)])  # (x, y)
+        want = (expected_input[i] + 0.5) * scale - 0.5  # pixel-centre convention, enlarged
+        for point in want:
+            assert np.linalg.norm(centres - point, axis=1).min() < 0.5, (centres, want)  # the +-0.5 convention moves it 1.5 px
