@@ -143,11 +143,17 @@ def test_a_seed_ensemble_scores_the_mean_prediction(checkpoints, module_tmp, sin
     predictions = read_csv(out / "predictions.csv")
     error = np.array([float(r["error_px"]) for r in predictions])
     assert summary["metrics"]["test/mre"] == pytest.approx(error.mean(), rel=1e-5)
-    # the mean of the two members' predictions, landmark by landmark
-    one = read_csv(single[1] / "predictions.csv")
-    assert float(predictions[5]["member_spread"]) > 0
+    # the mean of the two members' predictions, landmark by landmark, each member scored alone
+    _, second = run_eval(module_tmp / "eval_seed1", [f"ckpt_path={checkpoints[1]}", "report.gallery=0"])
+    alone = [read_csv(single[1] / "predictions.csv"), read_csv(second / "predictions.csv")]
+    assert [(r["index"], r["landmark"]) for r in predictions] == [(r["index"], r["landmark"]) for r in alone[0]]
+    xy = [np.array([[float(r["x"]), float(r["y"])] for r in rows]) for rows in (predictions, *alone)]
+    assert np.abs(xy[1] - xy[2]).max() > 1.0  # the members differ, so the mean is a real test
+    np.testing.assert_allclose(xy[0], (xy[1] + xy[2]) / 2, atol=1e-3)
+    # two members: each is half their distance from the mean
+    spread = np.array([float(r["member_spread"]) for r in predictions])
+    np.testing.assert_allclose(spread, np.linalg.norm(xy[1] - xy[2], axis=1) / 2, atol=1e-3)
     assert "spread across ensemble members (px)" in {r["confidence"] for r in read_csv(out / "confidence.csv")}
-    assert one[5]["landmark"] == predictions[5]["landmark"]
 
 
 @pytest.mark.parametrize("override, message", [
