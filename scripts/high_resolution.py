@@ -39,7 +39,7 @@ VARIANTS = {  # name -> overrides of experiment=aasce_hrnet_w32
 }
 REFINE = ["refine=native", "task.refine.patch_size=96", "task.refine.scale=0.5", "task.refine.train_patches=8",
           "task.refine.train_stage1=false", "task.refine.jitter_px=auto"]
-TABLE = ("variant", "overrides", "train_min", "best_val_mre", *COLUMNS, "coarse_mre")
+TABLE = ("variant", "overrides", "train_min", "best_val_mre", *COLUMNS, "cobb_smape", "coarse_mre")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -111,6 +111,19 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| simcc")
             or line.startswith("| refine_")]
     assert len(rows) == 3 and "refine=native" in rows[2]
+    # the refined variant's predictions.csv carries stage 1's points; their errors give the report's coarse MRE
+    import csv
+
+    import numpy as np
+    (refined,) = [p for p in tmp_path.glob("refine_*") if not p.name.endswith("_stage1")]
+    with open(refined / "eval" / "predictions.csv", newline="") as fh:
+        predictions = list(csv.DictReader(fh))
+    coarse = np.array([[float(r["x_coarse"]), float(r["y_coarse"])] for r in predictions])
+    truth = np.array([[float(r["x_true"]), float(r["y_true"])] for r in predictions])
+    error = np.linalg.norm(coarse - truth, axis=1)
+    np.testing.assert_allclose(error, [float(r["error_coarse_px"]) for r in predictions], rtol=1e-6)
+    facts = json.loads((refined / "eval" / "report.json").read_text())
+    assert facts["coarse"]["mre"] == pytest.approx(error.mean(), rel=1e-6)
 
 
 @pytest.mark.slow  # trains and evaluates the four spine experiments a few steps each (~2 min)

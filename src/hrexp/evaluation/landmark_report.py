@@ -91,6 +91,11 @@ def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], 
             for key in ("scores", "spread", "member_spread"):
                 if key in sample:
                     row[key] = float(sample[key][k])
+            if "keypoints_coarse" in sample:  # coarse-to-fine: stage 1's point, to see what stage 2 changed
+                coarse = sample["keypoints_coarse"][k]
+                row.update(x_coarse=float(coarse[0]), y_coarse=float(coarse[1]),
+                           error_coarse_px=number(np.hypot(*(coarse - sample["keypoints_orig"][k]))
+                                                  if sample["visible_orig"][k] > 0 else np.nan))
             rows.append(row)
     return rows
 
