@@ -77,7 +77,7 @@ def per_image_rows(samples: Sequence[Mapping[str, Any]], error: np.ndarray, erro
 
 
 def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], error: np.ndarray,
-                    ctx: ReportContext) -> list[dict[str, Any]]:
+                    ctx: ReportContext, coarse_error: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Every landmark of every image: prediction, truth (original px, pixel centres at integers), error,
     confidences."""
     rows = []
@@ -91,11 +91,10 @@ def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], 
             for key in ("scores", "spread", "member_spread"):
                 if key in sample:
                     row[key] = float(sample[key][k])
-            if "keypoints_coarse" in sample:  # coarse-to-fine: stage 1's point, to see what stage 2 changed
+            if coarse_error is not None:  # coarse-to-fine: stage 1's point, to see what stage 2 changed
                 coarse = sample["keypoints_coarse"][k]
                 row.update(x_coarse=float(coarse[0]), y_coarse=float(coarse[1]),
-                           error_coarse_px=number(np.hypot(*(coarse - sample["keypoints_orig"][k]))
-                                                  if sample["visible_orig"][k] > 0 else np.nan))
+                           error_coarse_px=number(coarse_error[i, k]))
             rows.append(row)
     return rows
 
@@ -179,13 +178,14 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     image_rows = per_image_rows(samples, error, error_mm, ctx)
     write_table_csv(ctx.out_dir / "per_landmark.csv", landmark_rows)
     write_table_csv(ctx.out_dir / "per_image.csv", image_rows)
-    write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx))
+    coarse = (radial_errors([{**s, "keypoints": s["keypoints_coarse"]} for s in samples])[0]
+              if "keypoints_coarse" in samples[0] else None)  # coarse-to-fine: stage 1's errors
+    write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx, coarse))
     sizes = image_sizes(samples, ctx)
     overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii), **relative_errors(error, sizes)}]
     if np.isfinite(error_mm).any():
         overall[0].update(_stats(error_mm, "_mm"))
-    if "keypoints_coarse" in samples[0]:  # coarse-to-fine: what the second stage bought
-        coarse, _ = radial_errors([{**s, "keypoints": s["keypoints_coarse"]} for s in samples])
+    if coarse is not None:  # what the second stage bought
         overall = [{"stage": "refined (both stages)", **overall[0]},
                    {"stage": "coarse (stage 1)", "images": len(samples), **_stats(coarse), **_sdr(coarse, radii),
                     **relative_errors(coarse, sizes)}]
