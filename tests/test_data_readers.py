@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from hrexp.data.landmarks.aasce_reader import AASCE_LANDMARK_NAMES, read_aasce
+from hrexp.data.landmarks.aasce_reader import AASCE_LANDMARK_NAMES, read_aasce, vertebrae_out_of_order
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv, write_landmarks_csv
 from hrexp.data.landmarks.records import LandmarkRecord, LandmarkSet
@@ -180,6 +180,25 @@ def test_aasce_counts_names_and_sizes():
     kp = np.stack([r.keypoints for r in train.records]).reshape(481, 17, 4, 2)
     assert (kp[:, :, 0, 0] < kp[:, :, 1, 0]).mean() > 0.99
     assert (kp[:, :, 0, 1] < kp[:, :, 2, 1]).mean() > 0.99
+
+
+@needs_aasce
+@pytest.mark.parametrize("split,unordered", [("training", 24), ("test", 4)])
+def test_aasce_vertebra_order_on_the_real_rows(split, unordered):
+    """The count of rows not listed top to bottom, from landmarks.csv by NumPy alone (each vertebra's mean
+    normalised y; the height is a common factor), equals the reader's; top_to_bottom orders every row
+    strictly but one, whose "L5" and "L4" have the same height."""
+    rows = np.loadtxt(AASCE / "labels" / split / "landmarks.csv", delimiter=",")
+    centre_y = rows[:, 68:].reshape(-1, 17, 4).mean(axis=2)
+    assert ((np.diff(centre_y, axis=1) <= 0).any(axis=1)).sum() == unordered
+    as_given = read_aasce(AASCE, split)
+    assert sum(bool(vertebrae_out_of_order(r.keypoints)) for r in as_given.records) == unordered
+    ordered = read_aasce(AASCE, split, "top_to_bottom")
+    still = [r.image_path.name for r in ordered.records if vertebrae_out_of_order(r.keypoints)]
+    assert still == (["sunhl-1th-25-Jul-2016-15 B AP.jpg"] if split == "training" else [])
+    for a, b in zip(as_given.records, ordered.records):  # the same corners, as whole vertebrae
+        key = lambda kp: sorted(map(tuple, kp.reshape(17, 4, 2).reshape(17, 8).round(3)))  # noqa: E731
+        assert key(a.keypoints) == key(b.keypoints)
 
 
 @needs_aasce

@@ -213,6 +213,34 @@ def test_coco_bad_flip_pair_name(tmp_path):
 # ----------------------------------------------------------------------------- AASCE layout
 
 
+def test_aasce_vertebra_order(tmp_path, caplog):
+    """A row whose last vertebra ("L5") lies above T1: kept as given by default (logged, naming the file),
+    moved to the top with every other vertebra one place down by ``top_to_bottom``."""
+    (tmp_path / "labels" / "training").mkdir(parents=True)
+    for name in ("a.jpg", "b.jpg"):
+        write_image(tmp_path / "data" / "training" / name, height=200, width=100)
+    (tmp_path / "labels" / "training").joinpath("filenames.csv").write_text("a.jpg\nb.jpg\n")
+    x = np.tile([0.4, 0.6, 0.4, 0.6], 17)
+    centre = (np.arange(17) + 2) / 20  # vertebra v's centre at (v + 2) / 20 of the height
+    y = (centre[:, None] + np.array([-0.01, -0.01, 0.01, 0.01])).ravel()
+    y_b = y.copy()
+    y_b[64:] = [0.04, 0.04, 0.06, 0.06]  # "L5" labelled above T1 (centre 0.1)
+    rows = [np.concatenate([x, y]), np.concatenate([x, y_b])]
+    (tmp_path / "labels" / "training" / "landmarks.csv").write_text("\n".join(",".join(map(str, r)) for r in rows))
+    with caplog.at_level("INFO", logger="hrexp.data.landmarks.aasce_reader"):
+        given = read_aasce(tmp_path, "training")
+    assert "1 of 2 images" in caplog.text and "b.jpg" in caplog.text and "vertebra_order=top_to_bottom" in caplog.text
+    np.testing.assert_allclose(given.records[1].keypoints[:, 1], y_b * 200)
+    ordered = read_aasce(tmp_path, "training", "top_to_bottom")
+    np.testing.assert_allclose(ordered.records[0].keypoints, given.records[0].keypoints)  # in order: untouched
+    b = ordered.records[1].keypoints
+    np.testing.assert_allclose(b[:4, 1], [8, 8, 12, 12])  # "L5"'s corners (0.04 / 0.06 * 200), now first
+    np.testing.assert_allclose(b[4:, 1], y_b[:64] * 200)  # T1..L4, each one place down
+    np.testing.assert_allclose(b[:, 0], x * 100)
+    with pytest.raises(ValueError, match="vertebra_order='sorted'"):
+        read_aasce(tmp_path, "training", "sorted")
+
+
 def test_aasce_layout_errors(tmp_path):
     (tmp_path / "labels" / "training").mkdir(parents=True)
     write_image(tmp_path / "data" / "training" / "a.jpg")

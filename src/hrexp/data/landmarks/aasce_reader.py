@@ -21,6 +21,13 @@ Facts checked on the shared copy (481 training, 128 test images):
   bottom-right corner, y = 1.0245 * height): coordinates outside the image are allowed (they become
   invisible only if they fall outside the network input).
 - No pixel spacing is known, so ``spacing`` is None (mm metrics are NaN).
+- The 17 vertebrae are not always listed top to bottom (by their corners' mean y): 24 of the 481
+  training and 4 of the 128 test images break the order. In 22 of them (18 training, all 4 test) the
+  row's "L5" (once "L4") lies above T1, the next vertebra up labelled at the end of the row; in one
+  training image "L5" has the same height as "L4". ``angles.csv`` was computed from the rows as given
+  (our Cobb angles match it on all 609 images that way), so ``vertebra_order="as_given"`` is the
+  default, logged with a count; ``"top_to_bottom"`` sorts each image's vertebrae by height, so that
+  a landmark name means one position counted from the top.
 
 The reader reads each image's header (PIL, no decoding) because the normalised coordinates need the
 real size; it fills ``record.size`` on the way.
@@ -28,6 +35,7 @@ real size; it fills ``record.size`` on the way.
 
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 
 import numpy as np
@@ -40,19 +48,40 @@ from hrexp.data.landmarks.validation import parse_coordinate
 VERTEBRAE = [f"T{i}" for i in range(1, 13)] + [f"L{i}" for i in range(1, 6)]
 CORNERS = ("tl", "tr", "bl", "br")  # top-left, top-right, bottom-left, bottom-right
 AASCE_LANDMARK_NAMES = [f"{v}_{c}" for v in VERTEBRAE for c in CORNERS]
+VERTEBRA_ORDERS = ("as_given", "top_to_bottom")
+
+log = logging.getLogger(__name__)
 
 
-def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
+def vertebrae_out_of_order(keypoints: np.ndarray) -> list[int]:
+    """Indices ``i`` of the vertebrae whose corners' mean y is not below vertebra ``i - 1``'s (image rows
+    grow downwards); ``keypoints`` is ``[4 x vertebrae, 2]`` in the AASCE corner order."""
+    centre_y = np.asarray(keypoints, dtype=np.float64)[:, 1].reshape(-1, len(CORNERS)).mean(axis=1)
+    return [int(i) for i in np.flatnonzero(np.diff(centre_y) <= 0) + 1]
+
+
+def top_to_bottom(keypoints: np.ndarray) -> np.ndarray:
+    """The vertebrae (4 corners each, kept together) reordered by their corners' mean y, top first."""
+    blocks = np.asarray(keypoints).reshape(-1, len(CORNERS), keypoints.shape[-1])
+    order = np.argsort(blocks[:, :, 1].mean(axis=1), kind="stable")
+    return blocks[order].reshape(keypoints.shape)
+
+
+def read_aasce(root: str | Path, split: str = "training", vertebra_order: str = "as_given") -> LandmarkSet:
     """Reads one split of the AASCE layout into a LandmarkSet with 68 landmarks.
 
     Args:
         root: The dataset folder (holding ``data/`` and ``labels/``).
         split: ``"training"`` or ``"test"``.
+        vertebra_order: ``"as_given"`` (the rows' order, the one ``angles.csv`` was computed from) or
+            ``"top_to_bottom"`` (each image's vertebrae sorted by height); see the module notes.
 
     Raises:
         DataError: Missing files, row count mismatch, rows with a wrong number of values or
             non-numeric values, unreadable images (all row errors reported together).
     """
+    if vertebra_order not in VERTEBRA_ORDERS:
+        raise ValueError(f"vertebra_order={vertebra_order!r}: expected one of {', '.join(VERTEBRA_ORDERS)}")
     root = Path(root).absolute()
     label_dir = root / "labels" / split
     image_dir = root / "data" / split
@@ -71,6 +100,7 @@ def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
     k = len(AASCE_LANDMARK_NAMES)
     errors = ErrorCollector(landmarks_file)
     records: list[LandmarkRecord] = []
+    unordered: list[str] = []  # images whose vertebrae are not listed top to bottom
     for row_number, (filename, line) in enumerate(zip(filenames, lines), start=1):
         where = f"row {row_number} ({filename})"
         cells = line.split(",")
@@ -97,6 +127,10 @@ def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
             continue
         normalised = np.asarray(values, dtype=np.float64)
         keypoints = np.stack([normalised[:k] * width, normalised[k:] * height], axis=1)
+        if vertebrae_out_of_order(keypoints):
+            unordered.append(filename)
+            if vertebra_order == "top_to_bottom":
+                keypoints = top_to_bottom(keypoints)
         records.append(
             LandmarkRecord(
                 image_path=image_path,
@@ -108,6 +142,11 @@ def read_aasce(root: str | Path, split: str = "training") -> LandmarkSet:
             )
         )
     errors.raise_if_any()
+    if unordered:
+        log.info("%s: %d of %d images list their vertebrae out of top-to-bottom order (e.g. %s); %s", landmarks_file,
+                 len(unordered), len(records), unordered[0],
+                 "reordered (vertebra_order=top_to_bottom)" if vertebra_order == "top_to_bottom"
+                 else "kept as given, as angles.csv was computed (data.vertebra_order=top_to_bottom reorders them)")
     return LandmarkSet(names=list(AASCE_LANDMARK_NAMES), records=records, flip_pairs=[], source=str(landmarks_file))
 
 

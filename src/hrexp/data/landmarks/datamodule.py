@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from hrexp.data.datamodule import HRExpDataModule
 from hrexp.data.errors import DataError
 from hrexp.data.image_cache import ShrunkImageCache
-from hrexp.data.landmarks.aasce_reader import read_aasce, read_aasce_angles
+from hrexp.data.landmarks.aasce_reader import VERTEBRA_ORDERS, read_aasce, read_aasce_angles
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
@@ -285,17 +285,22 @@ class AasceDataModule(LandmarkDataModule):
 
     Args:
         root: Dataset folder (``data/`` and ``labels/``).
+        vertebra_order: ``as_given`` or ``top_to_bottom`` (:func:`~hrexp.data.landmarks.aasce_reader.read_aasce`).
         **common: :class:`LandmarkDataModule` arguments.
     """
 
-    def __init__(self, root: str | Path, **common):
+    def __init__(self, root: str | Path, vertebra_order: str = "as_given", **common):
+        if vertebra_order not in VERTEBRA_ORDERS:
+            raise ValueError(f"data.vertebra_order={vertebra_order!r}: expected one of {', '.join(VERTEBRA_ORDERS)}")
         super().__init__(**common)
         self.root = Path(root)
+        self.vertebra_order = vertebra_order
 
     def read_splits(self) -> dict[str, LandmarkSet | None]:
         if not self.root.is_dir():
             raise DataError(f"{self.root}: AASCE data folder not found (set data.root or paths.shared_data)")
-        return {"train": read_aasce(self.root, "training"), "val": None, "test": read_aasce(self.root, "test")}
+        return {"train": read_aasce(self.root, "training", self.vertebra_order), "val": None,
+                "test": read_aasce(self.root, "test", self.vertebra_order)}
 
     def reference_angles(self, split: str) -> list[np.ndarray]:
         """The Cobb angles of ``angles.csv`` for each record of ``split`` (in its order), for eval's report."""
