@@ -20,7 +20,7 @@ import argparse
 from datetime import date
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, write_table
+from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, train_refiner, write_table
 
 # The CPU recipe of this comparison, the same for every variant: a 256x128 input (a heatmap cell spans
 # ~37 original px of a 2360 px tall X-ray, the regime the codecs and the refinement are for) so that
@@ -60,10 +60,8 @@ def main(argv: list[str] | None = None) -> int:
             half = args.minutes / 2
             stage1 = train_and_eval(f"refine_{best}_stage1", "aasce_hrnet_w32", VARIANTS[best], args.out, half,
                                     args.smoke, RECIPE)
-            overrides = [*VARIANTS[best], *REFINE, f"task.refine.stage1_ckpt={stage1['checkpoint']}"]
-            row = train_and_eval(f"refine_{best}", "aasce_hrnet_w32", overrides, args.out, half, args.smoke, RECIPE)
-            row["train_min"] += stage1["train_min"]  # both stages' training time
-            rows.append(row)
+            rows.append(train_refiner(f"refine_{best}", "aasce_hrnet_w32", [*VARIANTS[best], *REFINE], stage1, args.out,
+                                      half, args.smoke, RECIPE))
         else:
             rows.append(train_and_eval(name, "aasce_hrnet_w32", VARIANTS[name], args.out, args.minutes, args.smoke,
                                        RECIPE))

@@ -20,7 +20,7 @@ import argparse
 from datetime import date
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, write_table
+from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, train_refiner, write_table
 
 MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best")
 # The reduced CPU recipe: half the input (a vertebra 20 px tall), batch 4, lr 1e-3 after a 100-step warmup
@@ -31,7 +31,8 @@ REDUCED = [*CPU, "data.image_size=[512,192]", "data.batch_size=4", "optimizer.lr
 # stage 1 of hrnet_w32_best: the codec of experiment/spine_hrnet_w32_best.yaml (docs/results/high_resolution.md)
 BEST_CODEC = "gaussian"
 FULL: list[str] = []  # the experiments as they are (sized for a GPU)
-TABLE = ("variant", "params_M", "macs_G", "train_min", "best_val_mre", *COLUMNS, "cobb_smape", "coarse_mre")
+# sdr_24: the plan's SDR@24px (original px), beside the radii relative to the height
+TABLE = ("variant", "params_M", "macs_G", "train_min", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -46,19 +47,17 @@ def main(argv: list[str] | None = None) -> int:
     note = ("scripts/spine_table.py --smoke: SMOKE RUN (synthetic data), not a result" if args.smoke else
             f"scripts/spine_table.py {'--full' if args.full else f'(reduced CPU version: 512x192, {args.minutes:g} min each, the refiner half of it)'}, "
             f"{date.today()}")
-    rows, runs = [], {}
+    rows = []
     for model in args.models:
         minutes = None if args.full else args.minutes  # the full recipe runs its epochs
         if model == "hrnet_w32_best":
             stage1_name = "hrnet_w32" if BEST_CODEC == "gaussian" else f"hrnet_w32_{BEST_CODEC}"
-            stage1 = runs.get(stage1_name) or train_and_eval(
+            stage1 = next((r for r in rows if r["variant"] == stage1_name), None) or train_and_eval(
                 stage1_name, "spine_hrnet_w32", [f"task/codec={BEST_CODEC}"], args.out, minutes, args.smoke, recipe)
-            row = train_and_eval(model, "spine_hrnet_w32_best", [f"task.refine.stage1_ckpt={stage1['checkpoint']}"],
-                                 args.out, None if minutes is None else minutes / 2, args.smoke, recipe)
-            row["train_min"] += stage1["train_min"]  # both stages' training time
+            row = train_refiner(model, "spine_hrnet_w32_best", [], stage1, args.out,
+                                None if minutes is None else minutes / 2, args.smoke, recipe)
         else:
             row = train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe)
-        runs[model] = row
         rows.append(row)
         write_table(rows, TABLE, args.out / "table.md", note)
     from hrexp.compare import main as compare  # the curves and the table of the runs, labelled by their overrides

@@ -32,7 +32,7 @@ def run(script: str, args: Sequence[str], log: Path) -> None:
 def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
                    recipe: Sequence[str] = CPU) -> dict:
     """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs; a finished run is reused), evaluate its best checkpoint
-    on the test split; the row: the run record's params, MACs, time, best val MRE and the report's errors."""
+    on the test split; the row: the run record's params, MACs, time, best val MRE and the report's overall errors."""
     base = [f"experiment={experiment}", *overrides, *recipe, *(SMOKE if smoke else [])]
     # ++: set whether or not the trainer config has the key (Lightning stops after that wall time)
     budget = [] if minutes is None else [f"++trainer.max_time={max_time(minutes)}"]
@@ -48,8 +48,18 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     return {"variant": name, "overrides": " ".join(overrides), "checkpoint": ckpt,
             "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
             "train_min": float(record.get("train_time_s") or 0.0) / 60,
-            "best_val_mre": record["best"]["val/mre"]["value"], **{c: facts["overall"].get(c) for c in COLUMNS},
+            "best_val_mre": record["best"]["val/mre"]["value"], **facts["overall"],
             "coarse_mre": (facts.get("coarse") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+
+
+def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: dict, out: Path, minutes: float | None,
+                  smoke: bool, recipe: Sequence[str] = CPU) -> dict:
+    """The second of two runs: ``experiment`` + ``overrides`` trains only the refiner on the frozen best
+    checkpoint of ``stage1`` (a ``train_and_eval`` row); the row's training time is both runs'."""
+    row = train_and_eval(name, experiment, [*overrides, f"task.refine.stage1_ckpt={stage1['checkpoint']}"], out, minutes,
+                         smoke, recipe)
+    row["train_min"] += stage1["train_min"]
+    return row
 
 
 def max_time(minutes: float) -> str:
