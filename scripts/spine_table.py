@@ -7,8 +7,8 @@ HRNet-W32 with the best codec and refinement, trained and evaluated by hrexp's o
 
 Each model trains ``experiment=spine_<model>`` (the reduced version: ``REDUCED``, ``--minutes`` of training),
 ``eval.py`` scores its best-val-MRE checkpoint on the 128 test images (report, SDR curve, worst-case gallery,
-Cobb SMAPE), and ``hrexp.compare`` compares the runs. ``hrnet_w32_best`` is two runs: its first stage is the
-``hrnet_w32`` run (reused; with another codec than gaussian, a run of its own), then
+Cobb SMAPE), ``hrexp.compare`` compares the runs, and ``<out>/sdr_curve.png`` draws every model's SDR
+curve. ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec than gaussian, a run of its own), then
 ``experiment=spine_hrnet_w32_best`` trains only the refiner on that frozen stage 1 (half of ``--minutes``
 in the reduced version); its training time is the sum of both. The table goes to ``<out>/table.md``;
 docs/results/spine_aasce.md quotes it with the machine and date.
@@ -17,6 +17,7 @@ docs/results/spine_aasce.md quotes it with the machine and date.
 from __future__ import annotations
 
 import argparse
+import csv
 from datetime import date
 from pathlib import Path
 
@@ -60,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
             row = train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe)
         rows.append(row)
         write_table(rows, TABLE, args.out / "table.md", note)
+    # every model's SDR curve on one plot, from the errors of its eval's predictions.csv
+    from hrexp.reports.eval_plots import sdr_curve
+
+    errors = {}
+    for row in rows:
+        with open(args.out / row["variant"] / "eval" / "predictions.csv", newline="") as fh:
+            errors[row["variant"]] = [float(r["error_px"]) for r in csv.DictReader(fh)]
+    print(f"wrote {sdr_curve(errors, args.out / 'sdr_curve.png', marks=(12, 24, 48), title='test split, original px')}")
     from hrexp.compare import main as compare  # the curves and the table of the runs, labelled by their overrides
 
     return compare([*(str(args.out / m / "train") for m in args.models), "--out", str(args.out / "comparison")])

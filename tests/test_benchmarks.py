@@ -136,3 +136,10 @@ def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
     for model in ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best"):
         assert f"| {model} |" in table
     assert (tmp_path / "comparison" / "comparison.csv").is_file()
+    assert (tmp_path / "sdr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    # the refined row's training time is both runs' (stage 1 = the hrnet_w32 run, then the refiner)
+    header, *rows = [[c.strip() for c in line.strip("|").split("|")] for line in table.splitlines() if line.startswith("| ")]
+    minutes = {row[0]: float(row[header.index("train_min")]) for row in rows}
+    seconds = [json.loads((tmp_path / m / "train" / "results.json").read_text())["train_time_s"]
+               for m in ("hrnet_w32", "hrnet_w32_best")]
+    assert minutes["hrnet_w32_best"] == pytest.approx(sum(seconds) / 60, rel=1e-3)
