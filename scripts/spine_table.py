@@ -8,10 +8,10 @@ HRNet-W32 with the best codec and refinement, trained and evaluated by hrexp's o
 Each model trains ``experiment=spine_<model>`` (the reduced version: ``REDUCED``, ``--minutes`` of training),
 ``eval.py`` scores its best-val-MRE checkpoint on the 128 test images (report, SDR curve, worst-case gallery,
 Cobb SMAPE), ``hrexp.compare`` compares the runs, and ``<out>/sdr_curve.png`` draws every model's SDR
-curve. ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec than gaussian, a run of its own), then
-``experiment=spine_hrnet_w32_best`` trains only the refiner on that frozen stage 1 (half of ``--minutes``
-in the reduced version); its training time is the sum of both. The table goes to ``<out>/table.md``;
-docs/results/spine_aasce.md quotes it with the machine and date.
+curve. ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec
+than gaussian, a run of its own), then ``experiment=spine_hrnet_w32_best`` trains only the refiner on that
+frozen stage 1 (half of ``--minutes`` in the reduced version); its training time is the sum of both. The
+table goes to ``<out>/table.md``; docs/results/spine_aasce.md quotes it with the machine and date.
 """
 
 from __future__ import annotations

@@ -13,6 +13,7 @@ from hrexp.data.errors import DataError
 from hrexp.data.images import load_image
 from hrexp.data.landmarks.aasce_reader import read_aasce
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
+from hrexp.data.landmarks.datamodule import AasceDataModule
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
 from hrexp.data.transforms import LandmarkTransform
@@ -239,6 +240,8 @@ def test_aasce_vertebra_order(tmp_path, caplog):
     np.testing.assert_allclose(b[:, 0], x * 100)
     with pytest.raises(ValueError, match="vertebra_order='sorted'"):
         read_aasce(tmp_path, "training", "sorted")
+    with pytest.raises(ValueError, match="data.vertebra_order='sorted'"):  # refused when the run is built
+        AasceDataModule(root=tmp_path, vertebra_order="sorted")
 
 
 def test_aasce_layout_errors(tmp_path):
