@@ -23,11 +23,12 @@ Facts checked on the shared copy (481 training, 128 test images):
 - No pixel spacing is known, so ``spacing`` is None (mm metrics are NaN).
 - The 17 vertebrae are not always listed top to bottom (by their corners' mean y): 24 of the 481
   training and 4 of the 128 test images break the order. In 22 of them (18 training, all 4 test) the
-  row's "L5" (once "L4") lies above T1, the next vertebra up labelled at the end of the row; in one
-  training image "L5" has the same height as "L4". ``angles.csv`` was computed from the rows as given
-  (our Cobb angles match it on all 609 images that way), so ``vertebra_order="as_given"`` is the
-  default, logged with a count; ``"top_to_bottom"`` sorts each image's vertebrae by height, so that
-  a landmark name means one position counted from the top.
+  row's "L5" (once "L4") lies above "T1"; in one training image "L5" has the same height as "L4". In
+  the one we looked at (test ``sunhl-1th-01-Mar-2017-313 D AP.jpg``) the lowest vertebra sits just
+  above the sacrum: the row lists T2-L5 and then T1, so every name is one vertebra off. ``angles.csv``
+  was computed from the rows as given (our Cobb angles match it on all 609 images that way), so
+  ``vertebra_order="as_given"`` is the default, logged with a count; ``"top_to_bottom"`` sorts each
+  image's vertebrae by height, which restores the names in such rows.
 
 The reader reads each image's header (PIL, no decoding) because the normalised coordinates need the
 real size; it fills ``record.size`` on the way.
