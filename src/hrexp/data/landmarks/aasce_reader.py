@@ -54,6 +54,12 @@ VERTEBRA_ORDERS = ("as_given", "top_to_bottom")
 log = logging.getLogger(__name__)
 
 
+def check_vertebra_order(value: str, option: str = "vertebra_order") -> None:
+    """Refuses a ``vertebra_order`` other than :data:`VERTEBRA_ORDERS`, naming ``option``."""
+    if value not in VERTEBRA_ORDERS:
+        raise ValueError(f"{option}={value!r}: expected one of {', '.join(VERTEBRA_ORDERS)}")
+
+
 def vertebrae_out_of_order(keypoints: np.ndarray) -> list[int]:
     """Indices ``i`` of the vertebrae whose corners' mean y is not below vertebra ``i - 1``'s (image rows
     grow downwards); ``keypoints`` is ``[4 x vertebrae, 2]`` in the AASCE corner order."""
@@ -81,8 +87,7 @@ def read_aasce(root: str | Path, split: str = "training", vertebra_order: str = 
         DataError: Missing files, row count mismatch, rows with a wrong number of values or
             non-numeric values, unreadable images (all row errors reported together).
     """
-    if vertebra_order not in VERTEBRA_ORDERS:
-        raise ValueError(f"vertebra_order={vertebra_order!r}: expected one of {', '.join(VERTEBRA_ORDERS)}")
+    check_vertebra_order(vertebra_order)
     root = Path(root).absolute()
     label_dir = root / "labels" / split
     image_dir = root / "data" / split

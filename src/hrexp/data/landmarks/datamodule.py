@@ -23,7 +23,7 @@ from torch.utils.data import Dataset
 from hrexp.data.datamodule import HRExpDataModule
 from hrexp.data.errors import DataError
 from hrexp.data.image_cache import ShrunkImageCache
-from hrexp.data.landmarks.aasce_reader import VERTEBRA_ORDERS, read_aasce, read_aasce_angles
+from hrexp.data.landmarks.aasce_reader import check_vertebra_order, read_aasce, read_aasce_angles
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
@@ -290,8 +290,7 @@ class AasceDataModule(LandmarkDataModule):
     """
 
     def __init__(self, root: str | Path, vertebra_order: str = "as_given", **common):
-        if vertebra_order not in VERTEBRA_ORDERS:
-            raise ValueError(f"data.vertebra_order={vertebra_order!r}: expected one of {', '.join(VERTEBRA_ORDERS)}")
+        check_vertebra_order(vertebra_order, "data.vertebra_order")  # refused when the run is built
         super().__init__(**common)
         self.root = Path(root)
         self.vertebra_order = vertebra_order
