@@ -3,8 +3,6 @@ VENV   ?= .venv
 PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hrexp-installed
-# Two threads per process matches the 2-core reference machine; more only oversubscribes.
-export HF_HUB_OFFLINE := 1
 
 .PHONY: help venv train test test-slow test-all bench clean
 
@@ -17,7 +15,7 @@ help:
 
 venv: $(STAMP)
 
-$(STAMP): pyproject.toml
+$(STAMP): pyproject.toml setup.py
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -e ".[test]"
 	touch $(STAMP)

@@ -1,7 +1,7 @@
 """Export a trained network: `python export.py ckpt_path=<file.ckpt> [format=onnx] [decode=true] [batch=fixed]`.
 
 Writes `model.onnx` (or `output=<file>`) and `export.json` into the run folder, after checking the file
-with onnxruntime against PyTorch. See src/hrexp/conf/export.yaml for the options.
+with onnxruntime against PyTorch. See conf/export.yaml for the options.
 """
 
 from pathlib import Path

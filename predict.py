@@ -2,7 +2,7 @@
 
 Writes predictions.csv / predictions.json (keypoints in original pixels, with scores) or masks/*.png
 (segmentation), skipped.csv and predict.json into the run folder (or `output`), and with
-`overlays=true` the predictions drawn on the images. See src/hrexp/conf/predict.yaml for the options.
+`overlays=true` the predictions drawn on the images. See conf/predict.yaml for the options.
 """
 
 from pathlib import Path

@@ -11,7 +11,7 @@ from typing import Any
 import lightning.pytorch as pl
 import torch
 
-from hrexp.training.train_run import build_run
+from hrexp.jobs.train_run import build_run
 
 # The scratch HRNet-W18 on a small synthetic spine set: 2 steps of batch 4 per epoch at 64x32.
 TINY_W18 = [

@@ -45,7 +45,7 @@ def _error(fn: Callable[[], object], kind: type[BaseException] = Exception) -> s
 def _train(overrides: list[str], tmp: Path, base: list[str] = TINY_W18) -> str:
     """The error ``train()`` raises for these overrides (composed as train.py would), before any training."""
     from tests.conftest import compose_for
-    from hrexp.training.train_run import train
+    from hrexp.jobs.train_run import train
 
     cfg = compose_for([*base, *overrides], tmp)
     message = _error(lambda: train(cfg))
@@ -242,7 +242,7 @@ def weights_only_checkpoint_to_resume(tmp: Path) -> str:
 
 def run_folder_reused(tmp: Path) -> str:
     from tests.conftest import compose_for
-    from hrexp.training.train_run import run_job
+    from hrexp.jobs.train_run import run_job
 
     run = tmp / "run"
     (run / "checkpoints").mkdir(parents=True)

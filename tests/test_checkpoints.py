@@ -46,7 +46,7 @@ def test_weights_only_keeps_weights_config_and_ema_raw_weights_and_drops_resume_
 
 
 def test_a_full_disk_mid_run_stops_it_saying_so_and_keeps_the_earlier_checkpoints(compose_cfg, tmp_path):
-    from hrexp.training.train_run import run_job
+    from hrexp.jobs.train_run import run_job
 
     # Epoch 0 writes 3 files (best loss, best metric, last); the 4th write (epoch 1) hits the full disk.
     cfg = compose_cfg([*TINY_W18, "trainer.max_epochs=2",

@@ -8,7 +8,8 @@ import pytest
 import torch
 from hydra.utils import get_class
 
-from hrexp.training.build import ConfigError, build_datamodule, build_module
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_datamodule, build_module
 from tests.fit_helpers import TINY_W18
 
 CHOICES = {  # codec -> (codec class, loss class, head class)

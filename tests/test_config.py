@@ -7,8 +7,9 @@ import torch
 from hydra.utils import instantiate
 
 from hrexp.startup import CONFIG_DIR
-from hrexp.training.build import ConfigError, check_input_size
-from hrexp.training.train_run import seed_run
+from hrexp.errors import ConfigError
+from hrexp.training.build import check_input_size
+from hrexp.jobs.train_run import seed_run
 
 ROOT = Path(__file__).resolve().parents[1]
 

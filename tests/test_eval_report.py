@@ -16,8 +16,8 @@ from scipy.stats import spearmanr
 from hrexp.evaluation.uncertainty import rank_against_error
 from hrexp.reports.eval_plots import png_size
 from hrexp.reports.html_report import embedded_images, image_sources
-from hrexp.training.build import ConfigError
-from hrexp.training.eval_run import evaluate
+from hrexp.errors import ConfigError
+from hrexp.jobs.eval_run import evaluate
 from tests.conftest import compose_for
 from tests.fit_helpers import TINY_W18, fit
 

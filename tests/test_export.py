@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 import torch
 
-from hrexp.export.export_run import checkpoint_data
+from hrexp.training.checkpoint_model import checkpoint_data
 from hrexp.export.onnx_export import DeployModel, check_onnx, export_onnx
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 from tests.fit_helpers import TINY_W18, fit
 from tests.helpers import run_script
 

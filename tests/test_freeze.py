@@ -3,10 +3,6 @@ also after ``train()``; the rest trains. Scratch HRNet, timm HRNet and a timm Re
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: no hub access here
-
 import pytest  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402

@@ -2,10 +2,6 @@
 
 from __future__ import annotations
 
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: no hub, no 50 s hang
-
 import hydra.utils
 import pytest
 import torch

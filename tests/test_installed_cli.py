@@ -67,7 +67,7 @@ def installed(tmp_path_factory):
                                         text=True).strip())
     (site / "test_deps.pth").write_text(sysconfig.get_path("purelib") + "\n")
     env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "PROJECT_ROOT")}
-    env.update(HF_HUB_OFFLINE="1", WANDB_MODE="offline", HREXP_CACHE_DIR=str(base / "cache"))
+    env.update(WANDB_MODE="offline", HREXP_CACHE_DIR=str(base / "cache"))
     work = base / "empty"
     work.mkdir()
     configs = base / "my_configs"

@@ -5,7 +5,8 @@ from __future__ import annotations
 import os
 
 
-from hrexp.training.loggers import WandbLogger, wandb_api_key_configured
+from hrexp.training.loggers import WandbLogger
+from hrexp.utils.wandb_env import wandb_api_key_configured
 from tests.helpers import TINY, run_script
 
 

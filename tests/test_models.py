@@ -3,10 +3,6 @@
 from __future__ import annotations
 
 import math
-import os
-
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: no hub, no 50 s hang
-
 
 import hydra.utils
 import numpy as np

@@ -15,7 +15,7 @@ NAN_AT_2 = [*TINY_W18, "trainer.max_epochs=2", "+callbacks.nan._target_=tests.fi
 
 
 def test_a_nonfinite_loss_stops_the_run_naming_step_and_samples_and_keeps_the_checkpoints(compose_cfg, tmp_path):
-    from hrexp.training.train_run import run_job
+    from hrexp.jobs.train_run import run_job
 
     with pytest.raises(FloatingPointError) as err:
         run_job(compose_cfg(NAN_AT_2))

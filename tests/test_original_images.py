@@ -17,7 +17,7 @@ from hrexp.prediction.preprocess import preparer_for
 from hrexp.prediction.image_source import collate_images, read_original
 from hrexp.training.build import build_datamodule
 from hrexp.training.checkpoint_config import rebuild_config
-from hrexp.training.eval_run import load_checkpoint
+from hrexp.training.checkpoint_model import load_checkpoint
 from tests.conftest import compose_for
 from tests.fit_helpers import TINY_W18, fit
 from tests.helpers import write_image

@@ -9,7 +9,8 @@ import pytest
 import torch
 from hydra.utils import instantiate
 
-from hrexp.training.build import ConfigError, build_datamodule, build_module
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_datamodule, build_module
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
 from tests.fit_helpers import TINY_W18, LrRecorder, fit
 

@@ -13,7 +13,8 @@ from hrexp.data.pose.topdown import TopDownParams
 from hrexp.losses.heatmap_mse import WeightedHeatmapMSE
 from hrexp.models.heads import HeatmapHead
 from hrexp.tasks.pose import PoseTask
-from hrexp.training.build import ConfigError, build_datamodule, build_module
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_datamodule, build_module
 from tests.helpers import shared_path
 
 FEATURES = [{"num_chs": 8, "reduction": 4}]

@@ -23,7 +23,7 @@ from hrexp.data.segmentation.transforms import pad_collate
 from hrexp.prediction.boxes import PersonBox, read_boxes
 from hrexp.prediction.preprocess import TopDownCrops
 from hrexp.prediction.writers import unique_names
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 from tests.conftest import compose_for
 from tests.fit_helpers import TINY_W18, fit
 from tests.helpers import ROOT, write_image
@@ -84,7 +84,7 @@ def segmentation(module_tmp, cache_dir):
 
 def run_predict(ckpt: Path, inputs, out: Path, *extra: str) -> dict:
     """``predict.py`` in this process (composed as the script composes it)."""
-    from hrexp.prediction.predict_run import predict
+    from hrexp.jobs.predict_run import predict
 
     value = inputs if isinstance(inputs, str) else "[" + ",".join(str(i) for i in inputs) + "]"
     cfg = compose_for([f"ckpt_path={ckpt}", f"input={value}", f"output={out}", *extra], out.parent, "predict")
@@ -193,7 +193,7 @@ def test_bad_options_fail_before_any_work_naming_the_option(landmarks, tmp_path,
     overrides = [f"ckpt_path={ckpt}", f"input={tmp_path / 'images'}", f"output={tmp_path / 'out'}"]
     key = option.split("=")[0]
     overrides = [o for o in overrides if not o.startswith(f"{key}=")] + [option]
-    from hrexp.prediction.predict_run import predict
+    from hrexp.jobs.predict_run import predict
 
     with pytest.raises(ConfigError, match=None) as err:
         predict(compose_for(overrides, tmp_path, "predict"))

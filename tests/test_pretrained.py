@@ -7,20 +7,18 @@ from __future__ import annotations
 import logging
 import os
 
-os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before timm is imported: no hub access here
+import pathlib
+import time
 
-import pathlib  # noqa: E402
-import time  # noqa: E402
+import pytest
+import timm
+import torch
+from safetensors.torch import save_file
+from torch import nn
 
-import pytest  # noqa: E402
-import timm  # noqa: E402
-import torch  # noqa: E402
-from safetensors.torch import save_file  # noqa: E402
-from torch import nn  # noqa: E402
-
-from hrexp.models.hrnet import HighResolutionNet  # noqa: E402
-from hrexp.models.timm_backbone import TimmBackbone  # noqa: E402
-from hrexp.models.pretrained import strip_known_prefixes, unwrap_state_dict  # noqa: E402
+from hrexp.models.hrnet import HighResolutionNet
+from hrexp.models.timm_backbone import TimmBackbone
+from hrexp.models.pretrained import strip_known_prefixes, unwrap_state_dict
 
 LOGGER = "hrexp.models.pretrained"
 

@@ -9,9 +9,9 @@ import time
 import pytest
 from omegaconf import OmegaConf
 
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 from hrexp.training.loggers import CSVLogger, previous_wandb_run_id
-from hrexp.training.resume import continue_wandb_run, resolve_ckpt_path
+from hrexp.jobs.resume import continue_wandb_run, resolve_ckpt_path
 
 
 def _cfg(run, ckpt_path, wandb=None):

@@ -16,7 +16,8 @@ from hrexp.models.heads import HeatmapHead
 from hrexp.reports.eval_plots import png_size
 from hrexp.reports.html_report import embedded_images
 from hrexp.tasks.segmentation import SegmentationTask
-from hrexp.training.build import ConfigError, build_module
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_module
 from tests.helpers import run_script, shared_path, write_image
 
 META = {"num_classes": 3, "class_names": ["bg", "a", "b"], "ignore_index": 255}

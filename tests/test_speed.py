@@ -8,8 +8,9 @@ import pytest
 import torch
 from omegaconf import OmegaConf
 
-from hrexp.training.build import ConfigError, build_datamodule, build_module
-from hrexp.training.eval_run import run_config_for_eval
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_datamodule, build_module
+from hrexp.jobs.eval_run import run_config_for_eval
 from hrexp.training.speed import SpeedOptions
 from tests.fit_helpers import TINY_W18, fit
 

@@ -158,7 +158,7 @@ def test_bad_input_size_fails_before_training(tmp_path, cache_dir):
 
 def test_bad_data_fails_before_training_naming_file_and_row(compose_cfg, tmp_path):
     from hrexp.data.errors import DataError
-    from hrexp.training.train_run import train
+    from hrexp.jobs.train_run import train
 
     image = tmp_path / "a.png"
     import cv2

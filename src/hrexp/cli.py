@@ -1,7 +1,7 @@
 """The installed commands: ``hrexp-train``, ``hrexp-eval``, ``hrexp-export``, ``hrexp-predict``,
 ``hrexp-compare``, and ``hrexp <command>``.
 
-They work from any folder: the configs ship inside the package (``hrexp/conf``), runs are written
+They work from any folder: the configs (``conf/`` in the repository) ship inside the package as ``hrexp.conf``, runs are written
 under the current folder (``logs/``), and a user's own config folder joins the search path with
 Hydra's ``--config-dir <folder>`` (or ``hydra.searchpath=[file://<folder>]``)::
 
@@ -30,7 +30,7 @@ from hrexp.startup import CONFIG_PACKAGE, startup
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
 def _train_app(cfg: DictConfig) -> float | None:
-    from hrexp.training.train_run import run_job
+    from hrexp.jobs.train_run import run_job
 
     # Sweepers optimise the value returned here: the best value of the task's monitored metric
     # (NaN for a job of a sweep that failed; its results.json says why).
@@ -39,7 +39,7 @@ def _train_app(cfg: DictConfig) -> float | None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
 def _eval_app(cfg: DictConfig) -> None:
-    from hrexp.training.eval_run import evaluate
+    from hrexp.jobs.eval_run import evaluate
 
     evaluate(cfg)
 
@@ -58,7 +58,7 @@ def evaluate(project_root: str | Path | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="export")
 def _export_app(cfg: DictConfig) -> None:
-    from hrexp.export.export_run import export as run_export
+    from hrexp.jobs.export_run import export as run_export
 
     run_export(cfg)
 
@@ -72,7 +72,7 @@ def export(project_root: str | Path | None = None) -> None:
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="predict")
 def _predict_app(cfg: DictConfig) -> None:
-    from hrexp.prediction.predict_run import predict as run_predict
+    from hrexp.jobs.predict_run import predict as run_predict
 
     run_predict(cfg)
 

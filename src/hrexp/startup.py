@@ -1,17 +1,36 @@
-"""The one start-up path of every entry point (train, eval, compare, the tests).
+"""The one start-up path of every entry point (train, eval, compare, the tests), and the one place where
+process-wide settings are made.
 
-:func:`startup` sets the environment defaults and registers the OmegaConf resolvers, once, before
-anything imports timm or composes a config. An explicit environment setting always wins.
+:func:`set_environment_defaults` sets the environment defaults (:data:`ENVIRONMENT_DEFAULTS`); importing
+``hrexp`` calls it, so they hold before anything of hrexp can import timm, also in a user's own script.
+:func:`startup` adds the project root and registers the OmegaConf resolvers before a config is
+composed. An explicit environment setting always wins.
 """
 
 from __future__ import annotations
 
+import importlib.util
 import os
 from pathlib import Path
 
-# The configs ship inside the package, so an installed `hrexp-train` finds them from any folder.
-CONFIG_DIR = Path(__file__).resolve().parent / "conf"
+# The configs live in the repository's conf/ and ship as the package hrexp.conf (setup.py maps one to the
+# other), so an installed `hrexp-train` finds them from any folder, and an editable install reads conf/.
 CONFIG_PACKAGE = "pkg://hrexp.conf"
+_CONFIG_SPEC = importlib.util.find_spec("hrexp.conf")
+# Without an install (src/ on the path alone) the checkout's conf/ is the one copy.
+CONFIG_DIR = (Path(list(_CONFIG_SPEC.submodule_search_locations)[0]) if _CONFIG_SPEC is not None
+              else Path(__file__).resolve().parents[2] / "conf").resolve()
+
+
+# No hub access here: timm / huggingface_hub would retry for ~50 s before failing; weights come from local
+# paths. Only effective before huggingface_hub is first imported, hence at ``import hrexp``.
+ENVIRONMENT_DEFAULTS = {"HF_HUB_OFFLINE": "1"}
+
+
+def set_environment_defaults() -> None:
+    """Set each of :data:`ENVIRONMENT_DEFAULTS` that the environment does not set already."""
+    for name, value in ENVIRONMENT_DEFAULTS.items():
+        os.environ.setdefault(name, value)
 
 
 def startup(project_root: str | Path | None = None) -> Path:
@@ -23,8 +42,7 @@ def startup(project_root: str | Path | None = None) -> Path:
             passes its own folder; the installed commands pass nothing: the current folder.
             ``PROJECT_ROOT`` set in the environment wins over both.
     """
-    # No hub access here: timm would retry for ~50 s before failing; weights come from local paths.
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    set_environment_defaults()
     root = Path(project_root) if project_root is not None else Path.cwd()
     os.environ.setdefault("PROJECT_ROOT", str(root.resolve()))
 

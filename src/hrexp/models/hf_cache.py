@@ -107,7 +107,6 @@ def resolve_hf_cached_weights(pretrained: bool | str, model_name: str, option: s
             and how to pass a local file instead.
         ValueError: See :func:`hf_repo_for`.
     """
-    os.environ.setdefault("HF_HUB_OFFLINE", "1")  # before huggingface_hub is first imported
     from huggingface_hub import try_to_load_from_cache
 
     repo, files = hf_repo_for(pretrained, model_name, option)

@@ -2,21 +2,16 @@
 
 from __future__ import annotations
 
+import logging
 import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
 
-# Without this, timm/huggingface_hub try to reach the hub and hang for ~50 s on a machine without
-# internet. Only effective if huggingface_hub is not imported yet; an explicit setting wins.
-os.environ.setdefault("HF_HUB_OFFLINE", "1")
+import timm
+import torch
 
-import logging  # noqa: E402
-from collections.abc import Sequence  # noqa: E402
-from pathlib import Path  # noqa: E402
-from typing import Any  # noqa: E402
-
-import timm  # noqa: E402
-import torch  # noqa: E402
-
-from hrexp.models.freeze import (  # noqa: E402
+from hrexp.models.freeze import (
     HRNET_STAGES,
     check_freeze_stages,
     freeze_modules,
@@ -26,8 +21,8 @@ from hrexp.models.freeze import (  # noqa: E402
     timm_frozen_modules,
     timm_stage_modules,
 )
-from hrexp.models.hf_cache import resolve_hf_cached_weights  # noqa: E402
-from hrexp.models.pretrained import (  # noqa: E402
+from hrexp.models.hf_cache import resolve_hf_cached_weights
+from hrexp.models.pretrained import (
     LoadReport,
     check_pretrained_file,
     is_disabled,

@@ -6,5 +6,5 @@
   from the checkpoint's config (the same transforms the datamodules use for val/test);
 - :mod:`~hrexp.prediction.boxes`: person boxes for top-down pose (``boxes=<COCO JSON>``);
 - :mod:`~hrexp.prediction.writers`: CSV / COCO JSON / mask PNGs / overlays / skipped list;
-- :mod:`~hrexp.prediction.predict_run`: the command's body, ``predict(cfg)``.
+- :mod:`~hrexp.jobs.predict_run`: the command's body, ``predict(cfg)``.
 """

@@ -21,7 +21,7 @@ from typing import Any
 
 from hrexp.data.coco_json import is_number, load_json
 from hrexp.data.errors import DataError
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 
 
 @dataclass(frozen=True)

@@ -20,7 +20,7 @@ from torch.utils.data import Dataset
 
 from hrexp.data.errors import DataError
 from hrexp.data.images import IMAGE_EXTENSIONS, load_image, read_image_size
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 
 GLOB_CHARACTERS = "*?["
 EXPECTED_INPUT = "an image file, a folder of images, a glob such as 'images/*.png' (** for sub-folders), or a list of these"

@@ -37,8 +37,8 @@ from hrexp.data.pose.topdown import TopDownTransform
 from hrexp.data.segmentation.datamodule import SegDataModule
 from hrexp.data.segmentation.transforms import SegEvalTransform, pad_collate
 from hrexp.data.transforms import LandmarkTransform
+from hrexp.errors import ConfigError
 from hrexp.prediction.boxes import PersonBox
-from hrexp.training.build import ConfigError
 
 # New images carry no annotation: the transforms map an empty keypoint list.
 _NO_KEYPOINTS = np.zeros((0, 2), np.float64)

@@ -17,14 +17,20 @@ from __future__ import annotations
 import logging
 from collections import Counter
 from collections.abc import Iterable, Mapping, Sequence
-from typing import TYPE_CHECKING
+from typing import Any, Protocol
 
-from hrexp.run_record import CONFIG_FILE, RESULTS_FILE
-
-if TYPE_CHECKING:
-    from hrexp.reports.runs import Run
+from hrexp.run_record import CONFIG_FILE, RESULTS_FILE, RunRecord
 
 log = logging.getLogger(__name__)
+
+
+class Run(Protocol):
+    """What the direction of a run's metrics is read from (:class:`hrexp.reports.runs.Run` has it). A protocol,
+    so that ``runs``, which uses these functions, is not imported back here."""
+
+    record: RunRecord | None
+    config_modes: dict[str, Any]
+    has_config: bool
 
 
 def is_better(value: float, than: float, mode: str) -> bool:

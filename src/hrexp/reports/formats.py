@@ -7,12 +7,12 @@ an empty cell) and only formats them.
 from __future__ import annotations
 
 import csv
-import os
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 from hrexp.reports.table import FIXED_COLUMNS, NOTE, OVERRIDES
+from hrexp.utils.wandb_env import wandb_offline
 
 # Markdown formats of the non-metric numeric columns; metric columns use 4 significant digits.
 MD_FORMATS = {"params (M)": "{:.2f}", "G multiply-adds": "{:.2f}", "train time (s)": "{:.0f}"}
@@ -85,18 +85,6 @@ def print_console(columns: Sequence[str], rows: Sequence[Mapping[str, Any]], bas
 
 
 # ----------------------------------------------------------------------------- W&B
-
-
-def wandb_offline() -> bool:
-    """Offline when ``WANDB_MODE`` says so, or when it says nothing and no API key is configured."""
-    mode = os.environ.get("WANDB_MODE", "").lower()
-    if mode in ("offline", "dryrun", "disabled"):
-        return True
-    if mode == "online":
-        return False
-    from hrexp.training.loggers import wandb_api_key_configured  # imports Lightning: only when asked
-
-    return not wandb_api_key_configured()
 
 
 def log_wandb_table(rows: Sequence[Mapping[str, Any] | Sequence[Any]], columns: Sequence[str], run: Any = None, *,

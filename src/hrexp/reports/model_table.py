@@ -1,6 +1,6 @@
 """Parameters and G multiply-adds of every model config: ``python -m hrexp.reports.model_table``.
 
-Each ``hrexp/conf/model/*.yaml`` is composed as ``train.py model=<name>`` would (so a model that picks its
+Each ``conf/model/*.yaml`` is composed as ``train.py model=<name>`` would (so a model that picks its
 own head gets it), instantiated with random init, given its head with 17 outputs (the COCO pose
 setting of the papers' figures) and measured with :mod:`hrexp.models.complexity`. With
 ``--readme`` the table replaces the block between the ``<!-- model-table:start -->`` /

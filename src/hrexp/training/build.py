@@ -16,15 +16,12 @@ from hydra.utils import instantiate
 from lightning.pytorch.callbacks import ModelCheckpoint
 from omegaconf import DictConfig, OmegaConf
 
+from hrexp.errors import ConfigError
 from hrexp.training.module import HRExpModule
 from hrexp.training.speed import SpeedOptions
 from hrexp.utils.hydra_runtime import runtime_choices
 
 log = logging.getLogger(__name__)
-
-
-class ConfigError(ValueError):
-    """A config value that cannot work, reported before training starts."""
 
 
 def build_datamodule(data_cfg: DictConfig) -> pl.LightningDataModule:

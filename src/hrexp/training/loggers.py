@@ -5,7 +5,6 @@ from __future__ import annotations
 import csv
 import json
 import logging
-import netrc
 import os
 import struct
 from dataclasses import dataclass, field
@@ -16,20 +15,9 @@ from lightning.pytorch.loggers import CSVLogger as _LightningCSVLogger
 from lightning.pytorch.loggers import WandbLogger as _LightningWandbLogger
 from lightning.pytorch.loggers.csv_logs import ExperimentWriter as _LightningCSVWriter
 
+from hrexp.utils.wandb_env import wandb_api_key_configured
+
 log = logging.getLogger(__name__)
-
-
-def wandb_api_key_configured() -> bool:
-    """True when W&B can authenticate: ``WANDB_API_KEY`` or a ``wandb login`` entry in ~/.netrc."""
-    if os.environ.get("WANDB_API_KEY"):
-        return True
-    try:
-        path = os.environ.get("NETRC", os.path.expanduser("~/.netrc"))
-        hosts = netrc.netrc(path).hosts
-    except (FileNotFoundError, netrc.NetrcParseError, OSError):
-        return False
-    base = os.environ.get("WANDB_BASE_URL", "https://api.wandb.ai").split("://")[-1].rstrip("/")
-    return base in hosts
 
 
 class _AppendingCSVWriter(_LightningCSVWriter):

@@ -38,16 +38,24 @@ from omegaconf import DictConfig, OmegaConf
 from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn, TimeRemainingColumn
 from torch.utils.data import DataLoader
 
-from hrexp.export.export_run import module_from_checkpoint
+from hrexp.errors import ConfigError
 from hrexp.prediction.boxes import PersonBox, read_boxes
 from hrexp.prediction.image_source import ImageBatch, ImageFiles, InputFiles, collate_images, expand_input, move_to
 from hrexp.prediction.preprocess import UNKNOWN_IMAGE_ID, Preparer, preparer_for
-from hrexp.prediction.writers import (KeypointWriter, MaskWriter, keypoint_overlay, mask_overlay, unique_names,
-                                      write_overlay, write_readme, write_skipped)
+from hrexp.prediction.writers import (
+    KeypointWriter,
+    MaskWriter,
+    keypoint_overlay,
+    mask_overlay,
+    unique_names,
+    write_overlay,
+    write_readme,
+    write_skipped,
+)
 from hrexp.run_record import write_json
 from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
 from hrexp.tasks.segmentation import SegmentationTask
-from hrexp.training.build import ConfigError
+from hrexp.training.checkpoint_model import module_from_checkpoint
 from hrexp.training.module import HRExpModule
 
 log = logging.getLogger(__name__)
@@ -214,7 +222,8 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
             family has no prediction output, or ``boxes`` for a checkpoint that is not top-down pose.
     """
     options = check_options(cfg)
-    module, run_cfg, _ = module_from_checkpoint(options.ckpt_path)
+    loaded = module_from_checkpoint(options.ckpt_path)
+    module, run_cfg = loaded.module, loaded.run_cfg
     preparer = preparer_for(run_cfg, options.boxes)
     module.to(options.device)
     files = options.inputs.files

@@ -8,49 +8,28 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import rich
 import torch
-from hydra.utils import get_class
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig
 
-from hrexp.export.onnx_export import (MAP_TOLERANCE, POINT_TOLERANCE_PX, DeployModel, ExportError, check_onnx,
-                                      export_onnx)
+from hrexp.errors import ConfigError
+from hrexp.export.onnx_export import (
+    MAP_TOLERANCE,
+    POINT_TOLERANCE_PX,
+    DeployModel,
+    ExportError,
+    check_onnx,
+    export_onnx,
+)
 from hrexp.run_record import write_json
-from hrexp.training.build import ConfigError, build_module
-from hrexp.training.eval_run import load_checkpoint, load_weights
-from hrexp.training.checkpoint_config import rebuild_config
+from hrexp.training.checkpoint_model import module_from_checkpoint
 
 log = logging.getLogger(__name__)
 
 FORMATS = ("onnx",)
 BATCH_MODES = ("dynamic", "fixed")
-
-
-def checkpoint_data(run_cfg: DictConfig, dataset_meta: dict[str, Any]) -> SimpleNamespace:
-    """What :func:`~hrexp.training.build.build_module` needs of a datamodule, read from the checkpoint's
-    config: the training input size (under the family's own option, e.g. ``data.crop_size``) and meta."""
-    option = getattr(get_class(run_cfg.data._target_), "input_size_option", "data.image_size")
-    size = OmegaConf.select(run_cfg, option)
-    if size is None:
-        raise ConfigError(f"the checkpoint's config has no {option}: cannot tell the network's input size")
-    return SimpleNamespace(input_size=tuple(int(s) for s in size), input_size_option=option,
-                           dataset_meta=dataset_meta)
-
-
-def module_from_checkpoint(ckpt_path: str | Path) -> tuple[Any, DictConfig, SimpleNamespace]:
-    """The trained module (eval mode, plain eager: no compile), the run's config and what it knew of its data
-    (:func:`checkpoint_data`), from the checkpoint alone: export and predict need no training data."""
-    ckpt = load_checkpoint(ckpt_path)
-    run_cfg = rebuild_config(ckpt)
-    run_cfg.speed = None
-    meta = dict(ckpt["hrexp"].get("dataset_meta") or {})
-    data = checkpoint_data(run_cfg, meta)
-    module = build_module(run_cfg, data)
-    load_weights(module, ckpt, run_cfg, str(ckpt_path), meta)
-    return module.eval(), run_cfg, data
 
 
 def export(cfg: DictConfig) -> dict[str, Any]:
@@ -68,7 +47,8 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     if not isinstance(cfg.batch_size, int) or cfg.batch_size < 1:
         raise ConfigError(f"batch_size={cfg.batch_size!r}: expected a positive integer")
     out_dir = Path(cfg.paths.output_dir)
-    module, _, data = module_from_checkpoint(cfg.ckpt_path)
+    loaded = module_from_checkpoint(cfg.ckpt_path)
+    module, data = loaded.module, loaded.data
     model = DeployModel(module, decode=bool(cfg.decode)).eval()
 
     path = Path(cfg.output) if cfg.get("output") else out_dir / "model.onnx"

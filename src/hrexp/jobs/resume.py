@@ -16,7 +16,7 @@ from typing import Any
 
 from omegaconf import DictConfig, open_dict
 
-from hrexp.training.build import ConfigError
+from hrexp.errors import ConfigError
 from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
 from hrexp.training.loggers import previous_wandb_run_id
 

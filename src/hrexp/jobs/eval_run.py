@@ -16,34 +16,26 @@ from typing import Any, Mapping, Sequence
 
 import lightning.pytorch as pl
 import rich
-import torch
 from hydra.utils import instantiate
 from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hrexp.errors import ConfigError
 from hrexp.evaluation.context import ReportContext, ReportOptions
 from hrexp.evaluation.tables import write_table_csv
+from hrexp.jobs.train_run import seed_run
 from hrexp.reports.html_report import Section, TableBlock, write_html
 from hrexp.reports.markdown_report import write_markdown
 from hrexp.run_record import write_json
 from hrexp.tasks.base import Task
-from hrexp.training.build import ConfigError, build_datamodule, build_loggers, build_module
+from hrexp.training.build import build_datamodule, build_loggers
 from hrexp.training.checkpoint_config import rebuild_config
-from hrexp.training.checkpoint_io import read_checkpoint, weight_mismatch
-from hrexp.training.train_run import seed_run
+from hrexp.training.checkpoint_model import describe_meta, load_checkpoint, module_from_checkpoint
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import runtime_choices
 
 log = logging.getLogger(__name__)
-
-
-def load_checkpoint(path: str | Path) -> dict[str, Any]:
-    """Load an hrexp checkpoint with ``weights_only=True`` (no arbitrary unpickling)."""
-    ckpt = read_checkpoint(path)
-    if not isinstance(ckpt, dict) or "hrexp" not in ckpt or "config" not in ckpt["hrexp"]:
-        raise ConfigError(f"ckpt_path={str(path)!r}: not an hrexp checkpoint (no stored run config)")
-    return ckpt
 
 
 def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
@@ -59,36 +51,6 @@ def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
         run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
         run_cfg.choices.data = runtime_choices().get("data") or run_cfg.choices.data
     return run_cfg
-
-
-def _describe_meta(meta: Mapping[str, Any]) -> str:
-    """The counts of a dataset_meta (``num_keypoints=40``, ``num_classes=2``): what a head's size follows."""
-    counts = [f"{k}={v}" for k, v in meta.items() if k.startswith("num_") and isinstance(v, int)]
-    return ", ".join(counts) or "no counts recorded"
-
-
-def load_weights(module: torch.nn.Module, ckpt: dict[str, Any], run_cfg: DictConfig, ckpt_path: str,
-                 dataset_meta: Mapping[str, Any]) -> None:
-    """Load the checkpoint's weights strictly; a mismatch says what the checkpoint was trained for.
-
-    Raises:
-        ConfigError: The weights do not fit the model built for this data (e.g. 40 landmarks in the
-            checkpoint, 68 in the data; 2 classes against 3), naming both and the first mismatches.
-    """
-    state = ckpt["state_dict"]
-    problems = weight_mismatch(state, module.state_dict())
-    if not problems:
-        module.load_state_dict(state, strict=True)
-        return
-    stored = ckpt["hrexp"]["config"].get("choices", {})
-    trained_on = ckpt["hrexp"].get("dataset_meta")
-    trained = f" ({_describe_meta(trained_on)})" if trained_on else ""
-    raise ConfigError(
-        f"ckpt_path={ckpt_path}: its weights do not fit the model built for this data. The checkpoint is "
-        f"model={stored.get('model')} task={stored.get('task')} trained on data={stored.get('data')}{trained}; "
-        f"the data now is data={run_cfg.choices.data} ({_describe_meta(dataset_meta)}). Differences: "
-        + "; ".join(problems[:5]) + (f"; ... ({len(problems)} in all)" if len(problems) > 5 else "")
-    )
 
 
 class SplitAsTest(pl.LightningDataModule):
@@ -159,8 +121,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     module = trainer = None
     for path, ckpt in zip(paths, checkpoints):
         member_cfg = run_config_for_eval(ckpt, cfg)
-        module = build_module(member_cfg, datamodule)
-        load_weights(module, ckpt, member_cfg, path, datamodule.dataset_meta)
+        module = module_from_checkpoint(path, ckpt=ckpt, run_cfg=member_cfg, data=datamodule).module
         if len(paths) > 1 and type(module.task).score_samples is Task.score_samples:
             raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
                               f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
@@ -256,8 +217,8 @@ def check_members(paths: Sequence[str], checkpoints: Sequence[dict[str, Any]]) -
                 raise ConfigError(f"ckpt_path: ensemble members differ: {paths[0]} is {key}={a}, {path} is {key}={b}")
         if (first.get("dataset_meta") or {}) != (info.get("dataset_meta") or {}):
             raise ConfigError(f"ckpt_path: ensemble members differ: {path} was trained on other keypoints or classes "
-                              f"than {paths[0]} ({_describe_meta(info.get('dataset_meta') or {})} against "
-                              f"{_describe_meta(first.get('dataset_meta') or {})})")
+                              f"than {paths[0]} ({describe_meta(info.get('dataset_meta') or {})} against "
+                              f"{describe_meta(first.get('dataset_meta') or {})})")
 
 
 def write_report(task: Any, samples: list[dict[str, Any]], context: ReportContext, summary: Mapping[str, Any],

@@ -19,21 +19,14 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from hrexp.callbacks.best_metrics import BestMetrics
+from hrexp.errors import ConfigError
+from hrexp.jobs.resume import check_resumable, continue_wandb_run, resolve_ckpt_path
 from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
-from hrexp.training.resume import check_resumable, continue_wandb_run, resolve_ckpt_path
-from hrexp.training.build import (
-    Callbacks,
-    ConfigError,
-    build_callbacks,
-    build_datamodule,
-    build_loggers,
-    build_module,
-    choices,
-)
+from hrexp.training.build import Callbacks, build_callbacks, build_datamodule, build_loggers, build_module, choices
 from hrexp.training.module import HRExpModule
-from hrexp.utils.hydra_runtime import in_multirun
 from hrexp.utils.config_tree import print_and_save_config
+from hrexp.utils.hydra_runtime import in_multirun
 
 log = logging.getLogger(__name__)
 
