@@ -4,13 +4,14 @@ PYTHON ?= python3
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.hrexp-installed
 
-.PHONY: help venv train test test-slow test-all bench clean
+.PHONY: help venv train test test-slow test-extended test-all bench clean
 
 help:
 	@echo "make train      set up, then train the default experiment (HRNet-W32 landmarks on synthetic spines)"
 	@echo "make test       set up, then run the test suite (fast; slow end-to-end checks excluded)"
-	@echo "make test-slow  set up, then run the slow end-to-end checks (full default-size training etc.)"
-	@echo "make test-all   both"
+	@echo "make test-slow  set up, then run CI's slow end-to-end checks (each path once: train, resume, DDP, sweep, ...)"
+	@echo "make test-extended  set up, then run the slow checks CI leaves out (the full default job, Kvasir, ...)"
+	@echo "make test-all   all three"
 	@echo "make bench      set up, then run the benchmark suite (tables in benchmarks/results/; tens of minutes)"
 
 venv: $(STAMP)
@@ -27,7 +28,10 @@ test: $(STAMP)
 	$(PY) -m pytest -m "not slow" --durations=15 $(ARGS)
 
 test-slow: $(STAMP)
-	$(PY) -m pytest -m slow --durations=15 $(ARGS)
+	$(PY) -m pytest -m "slow and not extended" --durations=15 $(ARGS)
+
+test-extended: $(STAMP)
+	$(PY) -m pytest -m extended --durations=15 $(ARGS)
 
 test-all: $(STAMP)
 	$(PY) -m pytest $(ARGS)

@@ -19,6 +19,8 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = Path(os.environ.get("HREXP_SHARED_DATA", ROOT.parent / "shared" / "data"))
+# Set by CI (.ci/run): a test that needs the shared data then fails where it would skip (conftest.py too).
+REQUIRE_SHARED_DATA = os.environ.get("HREXP_REQUIRE_SHARED_DATA", "") not in ("", "0")
 
 # Small but real: the scratch HRNet-W32, the synthetic spine data built by the datamodule, 2 epochs.
 TINY = [
@@ -35,10 +37,14 @@ TINY = [
 
 
 def shared_path(*parts: str) -> Path:
-    """A path inside ../shared/data; skips the calling test with a clear reason when it is absent."""
+    """A path inside ../shared/data; skips the calling test with a clear reason when it is absent (fails
+    instead with HREXP_REQUIRE_SHARED_DATA=1)."""
     path = SHARED_DATA.joinpath(*parts)
     if not path.exists():
-        pytest.skip(f"real data not found at {path} (set HREXP_SHARED_DATA to the shared/data folder)")
+        reason = f"real data not found at {path} (set HREXP_SHARED_DATA to the shared/data folder)"
+        if REQUIRE_SHARED_DATA:
+            pytest.fail(f"{reason}; HREXP_REQUIRE_SHARED_DATA=1 (CI) makes this a failure, not a skip", pytrace=False)
+        pytest.skip(reason)
     return path
 
 
@@ -63,7 +69,7 @@ def seed_all(seed: int) -> None:
 def run_script(script: str, args: list[str], cache_dir: Path, check: bool = True, timeout: float = 600,
                env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
     """Run a repository script (``train.py``, ``eval.py``) or a module (``-m hrexp.compare``) in a subprocess."""
-    full_env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "HF_HUB_OFFLINE": "1", "WANDB_MODE": "offline",
+    full_env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline",
                 **(env or {})}
     command = [sys.executable, *(script.split() if script.startswith("-m ") else [str(ROOT / script)]), *args]
     proc = subprocess.run(command, cwd=cwd or ROOT, env=full_env, capture_output=True, text=True, timeout=timeout)

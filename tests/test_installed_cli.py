@@ -49,8 +49,9 @@ def installed(tmp_path_factory):
     # Built from a copy: setuptools builds in the source folder (build/), where a stale module of an
     # earlier build would end up in the wheel, and the repository must stay clean.
     source = base / "source"
-    shutil.copytree(ROOT / "src", source / "src", ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
-    for name in ("pyproject.toml", "README.md"):
+    for folder in ("src", "conf"):  # conf/ is mapped into the package as hrexp.conf by setup.py
+        shutil.copytree(ROOT / folder, source / folder, ignore=shutil.ignore_patterns("*.egg-info", "__pycache__"))
+    for name in ("pyproject.toml", "setup.py", "README.md"):
         shutil.copy(ROOT / name, source / name)
     dist = base / "dist"
     _run([sys.executable, "-m", "pip", "wheel", "--no-deps", "--no-build-isolation", "-q", "-w", str(dist), str(source)],
@@ -81,7 +82,10 @@ def test_the_wheel_is_what_runs_with_its_configs_inside(installed):
     where = _run([str(bin_dir / "python"), "-c", "import hrexp, hrexp.startup as s; print(hrexp.__file__); "
                   "print(s.CONFIG_DIR / 'train.yaml')"], cwd=work, env=env).stdout.split()
     assert Path(where[0]).is_relative_to(site) and not Path(where[0]).is_relative_to(ROOT)
-    assert Path(where[1]).is_file()
+    # The configs came in the wheel (hrexp/conf in site-packages), not from the repository's conf/.
+    assert Path(where[1]).is_file() and Path(where[1]).is_relative_to(site)
+    shipped = {p.relative_to(site / "hrexp" / "conf") for p in (site / "hrexp" / "conf").rglob("*.yaml")}
+    assert shipped == {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")}
 
 
 def test_hrexp_train_eval_compare_from_an_empty_folder_with_the_users_config_folder(installed):
