@@ -113,20 +113,19 @@ EXTENDED = {
 
 def pytest_collection_modifyitems(config, items):
     """Mark the tests of :data:`EXTENDED` `extended` (and `slow`, so `-m "not slow"` never runs them); a name there
-    that matches no test is an error, so a renamed test cannot slip back into CI's set unnoticed."""
-    found: dict[str, set[str]] = {}
+    that its test module does not define is an error, so a renamed test cannot slip back into CI's set unnoticed."""
+    modules = {}
     for item in items:
         file = item.path.name
         chosen = EXTENDED.get(file)
-        name = item.originalname if hasattr(item, "originalname") else item.name
-        found.setdefault(file, set()).add(name)
+        name = getattr(item, "originalname", item.name)
+        if getattr(item, "module", None) is not None:
+            modules[file] = item.module
         if chosen == "*" or (chosen and name in chosen):
             item.add_marker(pytest.mark.extended)
             item.add_marker(pytest.mark.slow)
-    for file, chosen in EXTENDED.items():
-        if file not in found:
-            continue  # the file was not collected in this session (a -k, a path): nothing to check
-        missing = set() if chosen == "*" else set(chosen) - found[file]
+    for file, module in modules.items():  # only the files collected in this session (a -k, a path)
+        chosen = EXTENDED.get(file)
+        missing = sorted(n for n in (() if chosen in (None, "*") else chosen) if not hasattr(module, n))
         if missing:
-            raise pytest.UsageError(f"tests/conftest.py EXTENDED names tests that {file} does not have: "
-                                    f"{sorted(missing)}")
+            raise pytest.UsageError(f"tests/conftest.py EXTENDED names tests that {file} does not define: {missing}")

@@ -5,6 +5,7 @@ written lost. The table in docs/errors.md is generated from these cases (test_er
 from __future__ import annotations
 
 import json
+import logging
 import os
 import pickle
 from pathlib import Path
@@ -16,7 +17,7 @@ import torch
 from PIL import Image
 
 from tests.fit_helpers import TINY_W18
-from tests.helpers import ROOT, write_image
+from tests.helpers import ROOT, run_script, write_image
 
 DOC = ROOT / "docs" / "errors.md"
 START, END = "<!-- errors-table:start -->", "<!-- errors-table:end -->"
@@ -335,3 +336,108 @@ def test_errors_doc_matches_the_cases(tmp_path_factory, cache_dir):
         return
     assert current == table, ("docs/errors.md is out of date; regenerate it: HREXP_WRITE_ERRORS_DOC=1 "
                               ".venv/bin/python -m pytest tests/test_bad_inputs.py -k doc")
+
+
+# ----------------------------------------------------------------------------- the command line
+# What a user sees: the message on stderr, no traceback, a non-zero exit status (hrexp's errors as
+# "Error: <message>", Hydra's own config errors as Hydra words them). One case per kind of error and
+# per entry point; the messages themselves are the table's.
+TRACEBACK = "Traceback (most recent call last)"
+
+
+def _missing_image_args(tmp: Path) -> list[str]:
+    return ["model=hrnet_w18", "data=landmarks_csv", f"data.csv={_landmark_csv(tmp, ['gone.png,1,2'])}",
+            "data.image_size=[64,32]"]
+
+
+def _text_checkpoint(tmp: Path) -> str:
+    (tmp / "notes.ckpt").write_text("these are my notes")
+    return f"ckpt_path={tmp / 'notes.ckpt'}"
+
+
+# (case id, script, its arguments, a fragment of the message, whether hrexp (not Hydra) words it)
+CLI_CASES = [
+    ("image-missing", "train.py", _missing_image_args, "image not found: ", True),
+    ("config-option", "train.py", lambda tmp: ["model=hrnet_w99"], "Could not find 'model/hrnet_w99'", False),
+    ("config-key", "train.py", lambda tmp: ["data.imagesize=[64,32]"], "Could not override 'data.imagesize'", False),
+    ("config-sigma", "train.py", lambda tmp: [*TINY_W18, "task.codec.sigma=0"], "task.codec.sigma): expected > 0",
+     True),
+    ("ckpt-text", "eval.py", lambda tmp: [_text_checkpoint(tmp)], "not a PyTorch checkpoint", True),
+    ("ckpt-text-predict", "predict.py", lambda tmp: [_text_checkpoint(tmp), f"input={write_image(tmp / 'x.png')}"],
+     "not a PyTorch checkpoint", True),
+    ("ckpt-text-export", "export.py", lambda tmp: [_text_checkpoint(tmp)], "not a PyTorch checkpoint", True),
+]
+
+
+def _run_cli(script: str, args: list[str], tmp: Path, cache_dir: Path, full_error: bool = False):
+    return run_script(script, [*args, f"hydra.run.dir={tmp / 'run'}"], cache_dir, check=False, timeout=300,
+                      env={"HYDRA_FULL_ERROR": "1" if full_error else "0"})
+
+
+@pytest.mark.parametrize("case_id, script, make_args, expected, ours", CLI_CASES, ids=[c[0] for c in CLI_CASES])
+def test_the_command_line_prints_the_message_without_a_traceback(case_id, script, make_args, expected, ours,
+                                                                 tmp_path, cache_dir):
+    proc = _run_cli(script, make_args(tmp_path), tmp_path, cache_dir)
+    output = proc.stdout + proc.stderr
+    assert proc.returncode == 1, output[-4000:]
+    assert expected in proc.stderr, proc.stderr[-4000:]
+    assert TRACEBACK not in output, output[-4000:]
+    assert "HYDRA_FULL_ERROR=1" in proc.stderr  # how to see the traceback
+    if ours:
+        assert "Error: " in proc.stderr
+    if case_id == "image-missing":  # the failed run is recorded as before, its traceback in the record
+        record = json.loads((tmp_path / "run" / "results.json").read_text())
+        assert record["status"] == "failed" and expected in record["error"] and TRACEBACK in record["traceback"]
+
+
+def test_hydra_full_error_shows_the_traceback(tmp_path, cache_dir):
+    proc = _run_cli("train.py", _missing_image_args(tmp_path), tmp_path, cache_dir, full_error=True)
+    assert proc.returncode == 1
+    assert TRACEBACK in proc.stderr and "hrexp.data.errors.DataError:" in proc.stderr, proc.stderr[-4000:]
+    assert "image not found: " in proc.stderr
+
+
+def test_user_errors_share_a_base_and_keep_their_own():
+    """The command line reports every UserError as a message; ``except ValueError`` / ``RuntimeError`` still
+    catch them."""
+    from hydra.errors import InstantiationException
+
+    from hrexp.data.errors import DataError
+    from hrexp.errors import ConfigError, UserError, user_error
+    from hrexp.export.onnx_export import ExportError
+    from hrexp.training.checkpoint_io import CheckpointReadError, CheckpointWriteError
+
+    for kind, base in ((ConfigError, ValueError), (DataError, ValueError), (CheckpointReadError, ValueError),
+                       (CheckpointWriteError, RuntimeError), (ExportError, RuntimeError)):
+        assert issubclass(kind, UserError) and issubclass(kind, base)
+    data = DataError("ann.csv: row 1: bad")
+    try:  # what hydra.utils.instantiate raises when a constructor raised a DataError
+        raise InstantiationException("Error in call to target 'x'") from data
+    except InstantiationException as wrapped:
+        assert user_error(wrapped) is data
+    assert user_error(data) is data
+    assert user_error(ValueError("a bug")) is None and user_error(RuntimeError("x")) is None
+
+
+# ----------------------------------------------------------------------------- data that trains, but is degenerate
+def test_landmarks_that_never_move_train_and_the_summary_says_why_the_ratio_is_undefined(compose_cfg, tmp_path,
+                                                                                         caplog):
+    """Every image has the same landmark coordinates: the mean-shape baseline's error is 0, so the best val/mre
+    over it is undefined. The run trains, finishes and says so (it divided by 0 and was recorded failed)."""
+    from hrexp.jobs.train_run import run_job
+
+    for i in range(6):
+        write_image(tmp_path / f"{i}.png", np.random.default_rng(i).integers(0, 256, (32, 64), dtype=np.uint8))
+    csv = _landmark_csv(tmp_path, [f"{i}.png,10,5,40,20" for i in range(6)], header="image,p1_x,p1_y,p2_x,p2_y")
+    cfg = compose_cfg(["model=unet", "model.base_width=4", "data=landmarks_csv", f"data.csv={csv}",
+                       "data.image_size=[64,32]", "data.batch_size=4", "data.num_workers=0",
+                       f"data.image_cache={tmp_path / 'cache'}", "trainer.max_epochs=1",
+                       "trainer.limit_train_batches=1", "trainer.num_sanity_val_steps=0", "callbacks.progress_bar=null",
+                       "test=false", "seed=0"])
+    caplog.set_level(logging.INFO, logger="hrexp")
+    run_job(cfg)
+    record = json.loads((tmp_path / "run" / "results.json").read_text())
+    assert record["status"] == "finished", record.get("error")
+    assert record["baselines"]["mean_shape_val"]["mre"] == 0
+    assert ("best val/mre / baseline: undefined (the mean-shape baseline error is 0: the landmarks never move)"
+            in caplog.text), caplog.text[-3000:]

@@ -14,21 +14,54 @@ Hydra's ``--config-dir <folder>`` (or ``hydra.searchpath=[file://<folder>]``)::
 
 ``python train.py`` / ``python eval.py`` in the repository call the same functions with the
 repository as the project root.
+
+Bad input (data, config, checkpoint: a :class:`~hrexp.errors.UserError`) ends a command with its message
+on stderr and exit status 1, no traceback; ``HYDRA_FULL_ERROR=1`` shows the traceback (see docs/errors.md).
 """
 
 from __future__ import annotations
 
+import functools
 import sys
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import hydra
+from hydra.errors import CompactHydraException
 from omegaconf import DictConfig
 
+from hrexp.errors import user_error
 from hrexp.startup import CONFIG_PACKAGE, startup
 
 
+class BadInput(CompactHydraException):
+    """A :class:`~hrexp.errors.UserError` handed to Hydra: its ``run_and_report`` prints a compact exception's
+    message alone (as it does for its own config errors: an unknown option or key) and exits 1;
+    ``HYDRA_FULL_ERROR=1`` makes it re-raise, so Python prints the whole chain, the original traceback first."""
+
+
+def reports_bad_input(task: Callable[[DictConfig], Any]) -> Callable[[DictConfig], Any]:
+    """Wrap a Hydra task function: a user error (or one that ``instantiate`` wrapped) leaves it as :class:`BadInput`
+    with the message ``Error: <message>``; any other error passes unchanged, with its traceback.
+
+    Inside the task function, so Hydra still marks the job failed and runs its callbacks. What the job body does
+    on failure (``run_job`` writes the failed ``results.json``; in a multirun it returns NaN) happens before."""
+
+    @functools.wraps(task)
+    def run(cfg: DictConfig) -> Any:
+        try:
+            return task(cfg)
+        except Exception as err:
+            found = user_error(err)
+            if found is None:
+                raise
+            raise BadInput(f"Error: {found}") from err
+
+    return run
+
+
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="train")
+@reports_bad_input
 def _train_app(cfg: DictConfig) -> float | None:
     from hrexp.jobs.train_run import run_job
 
@@ -38,6 +71,7 @@ def _train_app(cfg: DictConfig) -> float | None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="eval")
+@reports_bad_input
 def _eval_app(cfg: DictConfig) -> None:
     from hrexp.jobs.eval_run import evaluate
 
@@ -57,6 +91,7 @@ def evaluate(project_root: str | Path | None = None) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="export")
+@reports_bad_input
 def _export_app(cfg: DictConfig) -> None:
     from hrexp.jobs.export_run import export as run_export
 
@@ -71,6 +106,7 @@ def export(project_root: str | Path | None = None) -> None:
 
 
 @hydra.main(version_base="1.3", config_path=CONFIG_PACKAGE, config_name="predict")
+@reports_bad_input
 def _predict_app(cfg: DictConfig) -> None:
     from hrexp.jobs.predict_run import predict as run_predict
 

@@ -9,10 +9,12 @@ from __future__ import annotations
 
 from pathlib import Path
 
+from hrexp.errors import UserError
+
 MAX_REPORTED = 10
 
 
-class DataError(ValueError):
+class DataError(UserError, ValueError):
     """Bad or inconsistent input data; the message names the file and the row or field."""
 
 

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import math
+import os
 import sys
 import time
 import traceback
@@ -19,7 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from hrexp.callbacks.best_metrics import BestMetrics
-from hrexp.errors import ConfigError
+from hrexp.errors import ConfigError, user_error
 from hrexp.jobs.resume import check_resumable, continue_wandb_run, resolve_ckpt_path
 from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
@@ -120,7 +121,9 @@ def run_job(cfg: DictConfig) -> float | None:
     try:
         record = train(cfg)
     except (Exception, SIGTERMException) as err:  # SIGTERMException is a SystemExit: named here
-        log.error("run failed: %s", describe_error(err, cfg), exc_info=True)
+        # Bad input: its message alone (the traceback is in results.json, and on screen with HYDRA_FULL_ERROR=1).
+        show_traceback = user_error(err) is None or os.environ.get("HYDRA_FULL_ERROR") == "1"
+        log.error("run failed: %s", describe_error(err, cfg), exc_info=show_traceback)
         if rank_zero_only.rank == 0 and not isinstance(err, RunFolderInUse):  # that folder's record is not ours
             record = _record_header(cfg, "failed")
             record.error, record.traceback = describe_error(err, cfg), traceback.format_exc()

@@ -20,6 +20,8 @@ from typing import Any, Mapping
 import torch
 from lightning.pytorch.plugins.io import TorchCheckpointIO
 
+from hrexp.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # What only resuming needs: a weights-only checkpoint drops these (the weights, the run config in
@@ -27,11 +29,11 @@ log = logging.getLogger(__name__)
 RESUME_ONLY_KEYS = ("optimizer_states", "lr_schedulers", "callbacks", "MixedPrecision", "DoublePrecision")
 
 
-class CheckpointWriteError(RuntimeError):
+class CheckpointWriteError(UserError, RuntimeError):
     """A checkpoint could not be written; the message names the file and says the old one is intact."""
 
 
-class CheckpointReadError(ValueError):
+class CheckpointReadError(UserError, ValueError):
     """A file given as a checkpoint that is none, or that hrexp refuses to load; the message says which."""
 
 
