@@ -65,7 +65,10 @@ class LandmarkTask(HeatmapKeypointTask):
         rows = [("mean-shape baseline val/mre", f"{baseline:.4g}")]
         best = record.best.get("val/mre")
         if best is not None and best.value is not None:
-            rows.append(("best val/mre / baseline", f"{best.value / baseline:.4g}"))
+            # A baseline error of 0 (landmarks at the same place in every image; under 1e-6 px is rounding): no ratio.
+            ratio = (f"{best.value / baseline:.4g}" if baseline > 1e-6 else
+                     "undefined (the mean-shape baseline error is 0: the landmarks never move)")
+            rows.append(("best val/mre / baseline", ratio))
         return rows
 
     def per_item_tables(self, stage: str) -> dict[str, list[dict[str, Any]]]:
