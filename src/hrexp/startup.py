@@ -3,8 +3,8 @@ process-wide settings are made.
 
 :func:`set_environment_defaults` sets the environment defaults (:data:`ENVIRONMENT_DEFAULTS`); importing
 ``hrexp`` calls it, so they hold before anything of hrexp can import timm, also in a user's own script.
-:func:`startup` adds the project root and registers the OmegaConf resolvers before a config is
-composed. An explicit environment setting always wins.
+:func:`startup` adds the project root and registers the OmegaConf resolvers and eval's ``data=checkpoint``
+option before a config is composed. An explicit environment setting always wins.
 """
 
 from __future__ import annotations
@@ -46,7 +46,9 @@ def startup(project_root: str | Path | None = None) -> Path:
     root = Path(project_root) if project_root is not None else Path.cwd()
     os.environ.setdefault("PROJECT_ROOT", str(root.resolve()))
 
+    from hrexp.utils.config_store import register_config_nodes
     from hrexp.utils.resolvers import register_resolvers
 
     register_resolvers()
+    register_config_nodes()  # eval.yaml's data=checkpoint: open to data.<key>=... overrides
     return Path(os.environ["PROJECT_ROOT"])

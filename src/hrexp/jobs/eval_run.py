@@ -24,6 +24,7 @@ from omegaconf import DictConfig, ListConfig, OmegaConf
 from hrexp.errors import ConfigError
 from hrexp.evaluation.context import ReportContext, ReportOptions
 from hrexp.evaluation.tables import write_table_csv
+from hrexp.jobs.eval_data import EvalData, command_data_keys, eval_data, show
 from hrexp.jobs.train_run import seed_run
 from hrexp.reports.html_report import Section, TableBlock, write_html
 from hrexp.reports.markdown_report import write_markdown
@@ -38,19 +39,36 @@ from hrexp.utils.hydra_runtime import runtime_choices
 log = logging.getLogger(__name__)
 
 
-def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig) -> DictConfig:
+def run_config_for_eval(ckpt: dict[str, Any], cfg: DictConfig, ckpt_path: str = "ckpt_path") -> DictConfig:
     """The training run's config, with this command's ``data`` when one was given, and its ``speed``.
 
     How the network runs (channels_last, torch.compile) is this command's choice, not the training
-    run's: a checkpoint trained with ``trainer=gpu_fast`` is evaluated uncompiled by default. Class paths of checkpoints written by earlier hrexp versions are mapped to today's.
+    run's: a checkpoint trained with ``trainer=gpu_fast`` is evaluated uncompiled by default. Class paths of
+    checkpoints written by earlier hrexp versions are mapped to today's. The data: see :func:`eval_config`.
+    """
+    return eval_config(ckpt, cfg, ckpt_path)[0]
+
+
+def eval_config(ckpt: dict[str, Any], cfg: DictConfig, ckpt_path: str) -> tuple[DictConfig, EvalData | None]:
+    """:func:`run_config_for_eval` and how its data came about (None: the checkpoint's own data, untouched).
+
+    ``data.<key>=...`` alone changes those keys of the checkpoint's stored data config; a data group given whole
+    takes what the network depends on from the checkpoint (:mod:`hrexp.jobs.eval_data`).
+
+    Raises:
+        ConfigError: A data key the checkpoint's datamodule does not have, or one the network depends on given
+            with another value than the checkpoint's (naming both).
     """
     run_cfg = rebuild_config(ckpt)
     run_cfg.speed = OmegaConf.to_container(cfg.speed) if cfg.get("speed") is not None else None
-    if cfg.get("data") is not None:
-        # Resolve in this command's context (its paths), then hand it to the run's config.
-        run_cfg.data = OmegaConf.to_container(cfg.data, resolve=True)
-        run_cfg.choices.data = runtime_choices().get("data") or run_cfg.choices.data
-    return run_cfg
+    data = eval_data(run_cfg.data, cfg.get("data"), ckpt_path=ckpt_path,
+                     stored_choice=run_cfg.get("choices", {}).get("data"),
+                     choice=runtime_choices().get("data"), command_keys=command_data_keys())
+    if data is not None:
+        run_cfg.data = data.config
+        if data.choice is not None:
+            run_cfg.choices.data = data.choice
+    return run_cfg, data
 
 
 class SplitAsTest(pl.LightningDataModule):
@@ -113,14 +131,17 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
     options = report_options(cfg.get("report"))
     paths = checkpoint_paths(cfg.ckpt_path)
     checkpoints = [load_checkpoint(path) for path in paths]  # every member readable before any work
-    run_cfg = run_config_for_eval(checkpoints[0], cfg)
     check_members(paths, checkpoints)
+    run_cfg, data = eval_config(checkpoints[0], cfg, paths[0])
+    if data is not None and data.from_checkpoint:
+        rich.print(f"[bold]Data[/bold] data={run_cfg.choices.get('data')} with the checkpoint's "
+                   + " ".join(f"data.{k}={show(v)}" for k, v in data.from_checkpoint.items()))
 
     datamodule = build_datamodule(run_cfg.data)
     members: list[Member] = []
     module = trainer = None
     for path, ckpt in zip(paths, checkpoints):
-        member_cfg = run_config_for_eval(ckpt, cfg)
+        member_cfg = run_config_for_eval(ckpt, cfg, path)
         module = module_from_checkpoint(path, ckpt=ckpt, run_cfg=member_cfg, data=datamodule).module
         if len(paths) > 1 and type(module.task).score_samples is Task.score_samples:
             raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
@@ -159,6 +180,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "metric_modes": {name: mode for name in metrics
                          if (mode := task.metric_mode(name.replace(f"{split}/", "test/", 1))) is not None},
         "tables": tables,
+        # what was scored: the split's samples at this input size; this command's data.<key> values, and what a
+        # data group given whole took from the checkpoint
+        "data": {"samples": len(datamodule.datasets["test" if cfg.split == "test" else "val"]),
+                 "input_size": input_size(datamodule), "given": {} if data is None else data.given,
+                 "from_checkpoint": {} if data is None else data.from_checkpoint},
     }
     if len(members) > 1:
         summary["ensemble"] = {"members": [{"checkpoint": str(Path(m.path).resolve()), "metrics": m.metrics}
@@ -173,6 +199,14 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             summary["report"] = str(write_report(task, samples, context, summary, members))
         write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def input_size(datamodule: Any) -> list[int] | None:
+    """The network input ``[height, width]`` the datamodule serves (None when its family does not say)."""
+    try:
+        return [int(s) for s in datamodule.input_size]
+    except (AttributeError, NotImplementedError, TypeError):
+        return None
 
 
 def report_options(value: Any) -> ReportOptions | None:
