@@ -1,7 +1,7 @@
 """UDP, SimCC, offset and integral-regression codecs, the SimCC head and their losses.
 
 "Perfect network output" for each round trip (decode of what a network at the loss optimum gives):
-- UDP: the target heatmaps.
+- UDP: the target heatmaps (one tensor: a heatmap codec's targets go to the task's heatmap loss).
 - SimCC: the target labels, and also ``log(label) / beta + c`` (the optimum of SimCCLoss with
   ``label_softmax=False``) and ``label + c`` (optimum with ``label_softmax=True``).
 - offset: the target heatmaps + offsets (as a dict and packed as the ``[B, 3K, h, w]`` layout).
@@ -36,7 +36,7 @@ CODECS = ["udp", "simcc", "offset", "integral"]
 def _codec(name: str):
     return {
         "udp": UDPHeatmapCodec(sigma=2.0),
-        "simcc": SimCCCodec(split_ratio=2.0),
+        "simcc": SimCCCodec(input_size=INPUT, split_ratio=2.0),
         "offset": OffsetHeatmapCodec(sigma=2.0, radius=2.0),
         "integral": IntegralRegressionCodec(beta=1.0, sigma=2.0),
     }[name]
@@ -58,9 +58,9 @@ def _points(gen: torch.Generator, margin: float, dtype=torch.float32) -> torch.T
     return torch.stack([x, y], dim=-1)
 
 
-def _perfect_output(name: str, codec, targets: dict):
+def _perfect_output(name: str, codec, targets):
     if name == "udp":
-        return targets["heatmaps"]
+        return targets
     if name == "integral":
         return torch.log(targets["heatmaps"].clamp_min(1e-30)) / codec.beta
     return targets
@@ -86,10 +86,10 @@ def test_target_shapes_and_output_channels():
     kpts = _points(torch.Generator().manual_seed(0), 30.0)
     vis = torch.ones(B, K)
     udp, _ = _codec("udp").encode(kpts, vis, HM, STRIDE)
-    assert udp["heatmaps"].shape == (B, K, *HM) and _codec("udp").output_channels(K) == K
+    assert udp.shape == (B, K, *HM) and _codec("udp").output_channels(K) == K
     simcc = _codec("simcc")
     t, _ = simcc.encode(kpts, vis, HM, STRIDE)
-    assert simcc.vector_lengths(INPUT) == (384, 512)
+    assert simcc.lengths == (384, 512)
     assert t["x"].shape == (B, K, 384) and t["y"].shape == (B, K, 512)
     off = _codec("offset")
     t, _ = off.encode(kpts, vis, HM, STRIDE)
@@ -104,7 +104,7 @@ def test_target_shapes_and_output_channels():
 
 
 def test_simcc_decodes_logits_whatever_their_offset():
-    codec = SimCCCodec(split_ratio=2.0, sigma=(4.9, 5.66))
+    codec = SimCCCodec(input_size=INPUT, split_ratio=2.0, sigma=(4.9, 5.66))
     kpts = _points(torch.Generator().manual_seed(5), 9.0)
     t, _ = codec.encode(kpts, torch.ones(B, K), HM, STRIDE)
     beta = 10.0
@@ -150,7 +150,7 @@ def test_dtype_and_device_are_preserved(name, dtype):
     kpts = _points(torch.Generator().manual_seed(1), 32.0, dtype=dtype)
     targets, weights = codec.encode(kpts, torch.ones(B, K, dtype=torch.bool), HM, STRIDE)
     assert weights.dtype == dtype and weights.device == kpts.device
-    for value in targets.values():
+    for value in (targets,) if codec.heatmap_targets else targets.values():
         assert value.dtype == dtype and value.device == kpts.device
     out, scores = codec.decode(_perfect_output(name, codec, targets), stride=STRIDE)
     assert out.dtype == dtype and scores.dtype == dtype
@@ -179,7 +179,7 @@ def test_invisible_and_outside_keypoints_get_zero_weight_and_zero_targets(name):
     vis = torch.tensor([[1, 0, 1, 1, 1]])
     targets, weights = codec.encode(kpts, vis, HM, STRIDE)
     assert weights.tolist() == [[1.0, 0.0, 0.0, 0.0, 0.0]]
-    for key, value in targets.items():
+    for key, value in ({"heatmaps": targets} if codec.heatmap_targets else targets).items():
         assert torch.isfinite(value).all(), key
         # offsets are [B, 2K, h, w] (x block, then y block): fold them to one entry per keypoint.
         per_kpt = value[:, :5].abs() + value[:, 5:].abs() if key == "offsets" else value.abs()
@@ -217,7 +217,7 @@ def test_udp_encoded_maps_decoded_with_hrexp_convention_are_off_by_the_predicted
     xs = torch.tensor([40.0, 127.5, 200.0], dtype=torch.float64)
     kpts = torch.stack([xs, xs], dim=-1)[None]
     t, _ = udp.encode(kpts, torch.ones(1, 3), (64, 64), 4.0)
-    mixed, _ = GaussianHeatmapCodec(sigma=2.0).decode(t["heatmaps"], stride=4.0)
+    mixed, _ = GaussianHeatmapCodec(sigma=2.0).decode(t, stride=4.0)
     own, _ = udp.decode(t, stride=4.0)
     assert (own - kpts).abs().max().item() < 1e-3
     predicted = xs * (4 * 63 / 255 - 1) + 1.5  # decoded - true
@@ -225,15 +225,17 @@ def test_udp_encoded_maps_decoded_with_hrexp_convention_are_off_by_the_predicted
     assert abs(predicted[0].item() - 1.0294) < 1e-3 and abs(predicted[1].item()) < 1e-12
 
 
-def test_udp_input_size_argument_overrides_heatmap_times_stride():
-    udp = UDPHeatmapCodec(sigma=2.0)
+def test_udp_input_size_option_overrides_heatmap_times_stride():
+    udp = UDPHeatmapCodec(sigma=2.0, input_size=(255, 190))
     kpts = torch.tensor([[[100.3, 77.7]]], dtype=torch.float64)
-    t, _ = udp.encode(kpts, torch.ones(1, 1), (64, 48), 4.0, input_size=(255, 190))
+    t, _ = udp.encode(kpts, torch.ones(1, 1), (64, 48), 4.0)
     centre = kpts[0, 0] * torch.tensor([47 / 189, 63 / 254], dtype=torch.float64)
-    j, i = divmod(int(t["heatmaps"][0, 0].argmax()), 48)
+    j, i = divmod(int(t[0, 0].argmax()), 48)
     assert (i, j) == (round(centre[0].item()), round(centre[1].item()))
-    out, _ = udp.decode(t, 4.0, input_size=(255, 190))
+    out, _ = udp.decode(t, 4.0)
     assert (out - kpts).abs().max().item() < 1e-3
+    # without it, 64 x 48 cells at stride 4 mean a 256 x 192 input: another transform, another point
+    assert (UDPHeatmapCodec(sigma=2.0).decode(t, 4.0)[0] - kpts).abs().max().item() > 1.0
 
 
 # ------------------------------------------------------------------------------------ SimCC head / loss
@@ -244,8 +246,8 @@ def test_simcc_head_output_shapes_and_stride():
     feats = [torch.randn(2, 16, 16, 12), torch.randn(2, 32, 8, 6)]
     out = head(feats)
     assert out["x"].shape == (2, K, 96) and out["y"].shape == (2, K, 128)
-    codec = SimCCCodec(split_ratio=2.0)
-    assert codec.vector_lengths((64, 48)) == head.lengths
+    codec = SimCCCodec(input_size=(64, 48), split_ratio=2.0)
+    assert codec.lengths == head.lengths
     dec, scores = codec.decode(out, stride=head.stride)
     assert dec.shape == (2, K, 2) and scores.shape == (2, K)
     with pytest.raises(ValueError, match="SimCCHead"):
@@ -255,7 +257,7 @@ def test_simcc_head_output_shapes_and_stride():
 
 
 def test_simcc_loss_is_zero_for_a_perfect_prediction_and_grows_with_a_shift():
-    codec = SimCCCodec(split_ratio=2.0)
+    codec = SimCCCodec(input_size=INPUT, split_ratio=2.0)
     kpts = _points(torch.Generator().manual_seed(3), 20.0)
     t, w = codec.encode(kpts, torch.ones(B, K), HM, STRIDE)
     shifted, _ = codec.encode(kpts + 3.0, torch.ones(B, K), HM, STRIDE)

@@ -3,15 +3,18 @@ graph, run by onnxruntime on the same inputs as PyTorch: maps within 1e-4, decod
 
 from __future__ import annotations
 
+import functools
 import json
 
 import numpy as np
 import pytest
 import torch
 
-from hrexp.training.checkpoint_model import checkpoint_data
-from hrexp.export.onnx_export import DeployModel, check_onnx, export_onnx
 from hrexp.errors import ConfigError
+from hrexp.export.onnx_export import DeployModel, ExportError, check_onnx, export_onnx
+from hrexp.models.heads import HeatmapHead
+from hrexp.tasks.base import Task
+from hrexp.training.checkpoint_model import checkpoint_data
 from tests.fit_helpers import TINY_W18, fit
 from tests.helpers import run_script
 
@@ -73,13 +76,15 @@ def test_export_py_writes_a_checked_file_for_a_fixed_batch(trained, tmp_path, ca
 def test_decode_needs_a_keypoint_task_and_bad_options_are_refused(trained, tmp_path, cache_dir):
     module, ckpt, _ = trained
 
-    class NoCodec(torch.nn.Module):
-        stride = 4.0
+    class MapsOnly(Task):  # the base Task's export hooks: its one output tensor, nothing to decode
+        task_name = "maps_only"
 
     fake = torch.nn.Module()
-    fake.backbone, fake.task = module.backbone, NoCodec()
-    with pytest.raises(Exception, match="decode=true needs a keypoint task"):
+    fake.backbone = module.backbone
+    fake.task = MapsOnly(functools.partial(HeatmapHead), module.backbone.feature_info, 2, {"metric": "val/loss"})
+    with pytest.raises(ExportError, match="decode=true needs a keypoint task .* 'maps_only' .* export without decode"):
         DeployModel(fake, decode=True)
+    assert DeployModel(fake).output_names == ["maps"]
     proc = run_script("export.py", [f"ckpt_path={ckpt}", "batch=sometimes", f"hydra.run.dir={tmp_path / 'r'}"],
                       cache_dir, check=False)
     assert proc.returncode != 0 and "batch='sometimes': expected one of ['dynamic', 'fixed']" in proc.stderr + proc.stdout

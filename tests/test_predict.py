@@ -16,12 +16,12 @@ import numpy as np
 import pytest
 import torch
 
+from hrexp.data.pose.datamodule import TopDownCrops
 from hrexp.data.pose.dataset import PoseDataset
 from hrexp.data.pose.reader import PoseInstance
 from hrexp.data.pose.topdown import TopDownTransform
 from hrexp.data.segmentation.transforms import pad_collate
 from hrexp.prediction.boxes import PersonBox, read_boxes
-from hrexp.prediction.preprocess import TopDownCrops
 from hrexp.prediction.writers import unique_names
 from hrexp.errors import ConfigError
 from tests.conftest import compose_for

@@ -1,19 +1,22 @@
 """Generated blob images (the fourth task's data), as a datamodule on hrexp's base class.
 
 Each image has 1-3 bright Gaussian blobs on a noisy dark background; the targets are their centres.
-The number of blobs varies, so the datamodule brings its own collate (the base's collate hook).
+The number of blobs varies, so the datamodule brings its own collate (the base's collate hook). For
+``predict.py`` the family says how a new image becomes a network input (its ``prediction_preparer``).
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any, Callable, Sequence
+from pathlib import Path
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from hrexp.data.datamodule import HRExpDataModule
+from hrexp.data.datamodule import HRExpDataModule, ImagePreparer
 
 MAX_BLOBS = 3
 
@@ -39,6 +42,11 @@ def make_blobs(count: int, size: tuple[int, int], seed: int) -> list[BlobSample]
     return samples
 
 
+def network_input(image: np.ndarray) -> torch.Tensor:
+    """A gray ``[H, W]`` image in [0, 1] -> the network's ``[3, H, W]`` input (the same for training and predict)."""
+    return torch.from_numpy((image.astype(np.float32) - 0.5) / 0.25)[None].expand(3, -1, -1).contiguous()
+
+
 class BlobDataset(Dataset):
     def __init__(self, samples: Sequence[BlobSample]):
         self.samples = list(samples)
@@ -48,8 +56,16 @@ class BlobDataset(Dataset):
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         s = self.samples[index]
-        image = torch.from_numpy((s.image - 0.5) / 0.25)[None].expand(3, -1, -1).contiguous()
-        return {"image": image, "centres": torch.from_numpy(s.centres), "index": torch.tensor(index)}
+        return {"image": network_input(s.image), "centres": torch.from_numpy(s.centres), "index": torch.tensor(index)}
+
+
+class BlobImage(ImagePreparer):
+    """A new image for ``predict.py``: made gray (the mean of its channels) and normalised as in training; not
+    resized (centres are in the image's own pixels, as the data's). Its sides must suit the model (UNet: x 32)."""
+
+    def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
+        gray = image.mean(axis=2) if image.ndim == 3 else image
+        return [{"image": network_input(gray)}]
 
 
 def collate_blobs(items: list[dict[str, Any]]) -> dict[str, torch.Tensor]:
@@ -96,3 +112,9 @@ class BlobDataModule(HRExpDataModule):
 
     def collate_fn(self, split: str) -> Callable:
         return collate_blobs
+
+    @classmethod
+    def prediction_preparer(cls, run_cfg: DictConfig, boxes: Mapping[str, list[Any]] | None = None) -> BlobImage:
+        """Each image whole (:class:`BlobImage`); blobs are found in the whole image, so no person boxes."""
+        cls.refuse_boxes(run_cfg, boxes)
+        return BlobImage()

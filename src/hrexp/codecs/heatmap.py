@@ -26,6 +26,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
+from hrexp.codecs.base import KeypointCodec, top_two_within
+
 REFINE_OPTIONS = ("dark", "quarter", "none")
 
 # Floor before the log in DARK: zero / negative network outputs must not become -inf / NaN.
@@ -37,7 +39,7 @@ _DET_EPS = 1e-12
 _MAX_OFFSET = 1.0
 
 
-class GaussianHeatmapCodec:
+class GaussianHeatmapCodec(KeypointCodec):
     """Encode keypoints as Gaussian heatmaps and decode heatmaps back to keypoints.
 
     The codec holds no tensors; it works batched on whatever device its inputs are on.
@@ -84,6 +86,8 @@ class GaussianHeatmapCodec:
 
     # The outputs are K maps in the image's frame: a flipped image's maps flip back (the task's flip test).
     flippable = True
+    heatmap_targets = True  # the task's heatmap loss (task/loss=heatmap_mse | adaptive_wing)
+    confidence = "heatmap peak"
 
     def output_channels(self, num_keypoints: int) -> int:
         """Channels the head outputs: one heatmap per keypoint."""
@@ -165,11 +169,11 @@ class GaussianHeatmapCodec:
         return heatmaps, weights
 
     # ------------------------------------------------------------------ decode
-    def decode(self, heatmaps: Tensor, stride: float) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs: Tensor, stride: float) -> tuple[Tensor, Tensor]:
         """Locate each heatmap's maximum with sub-pixel refinement.
 
         Args:
-            heatmaps: ``[B, K, h, w]`` (or unbatched ``[K, h, w]``) heatmaps, e.g. network output.
+            outputs: ``[B, K, h, w]`` (or unbatched ``[K, h, w]``) heatmaps, e.g. network output.
             stride: Input pixels per heatmap pixel.
 
         Returns:
@@ -180,6 +184,7 @@ class GaussianHeatmapCodec:
         Raises:
             ValueError: On malformed shapes or stride.
         """
+        heatmaps = outputs
         unbatched = heatmaps.dim() == 3
         if unbatched:
             heatmaps = heatmaps.unsqueeze(0)
@@ -213,7 +218,11 @@ class GaussianHeatmapCodec:
             return keypoints[0], scores[0]
         return keypoints, scores
 
-    def spread(self, heatmaps: Tensor, stride: float) -> Tensor:
+    def tied_points(self, outputs: Tensor, tolerance: float) -> Tensor:
+        """``[B, K]``: the map's two highest values within ``tolerance`` (the arg-max is a tie)."""
+        return top_two_within(outputs.flatten(-2), tolerance)
+
+    def spread(self, outputs: Tensor, stride: float) -> Tensor:
         """How wide each heatmap's peak is: a confidence that :meth:`decode`'s peak value does not give.
 
         The radial standard deviation ``sqrt(var_x + var_y)`` of the map's positive part within
@@ -221,13 +230,13 @@ class GaussianHeatmapCodec:
         has about the encoded width (``sigma * sqrt(2) * stride``); a flat or two-peaked map a wider one.
 
         Args:
-            heatmaps: ``[B, K, h, w]`` heatmaps.
+            outputs: ``[B, K, h, w]`` heatmaps.
             stride: Input pixels per heatmap pixel.
 
         Returns:
             ``[B, K]`` spreads in input pixels (0 for a map with no positive value near its maximum).
         """
-        heatmaps = heatmaps.double() if heatmaps.dtype == torch.float64 else heatmaps.float()
+        heatmaps = outputs.double() if outputs.dtype == torch.float64 else outputs.float()
         b, k, h, w = heatmaps.shape
         idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
         px, py = (idx % w).to(heatmaps.dtype), torch.div(idx, w, rounding_mode="floor").to(heatmaps.dtype)

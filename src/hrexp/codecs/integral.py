@@ -21,17 +21,16 @@ free of the logits' arbitrary offset; note that it scales like ``1 / (2 pi s^2)`
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-
 import torch
 from torch import Tensor
 
+from hrexp.codecs.base import KeypointCodec, float_dtype
 from hrexp.codecs.heatmap import GaussianHeatmapCodec
 
 NORMALIZE_OPTIONS = ("softmax", "relu")
 
 
-class IntegralRegressionCodec:
+class IntegralRegressionCodec(KeypointCodec):
     """Soft-argmax codec (see the module docstring).
 
     Args:
@@ -48,6 +47,8 @@ class IntegralRegressionCodec:
 
     name = "integral"
     flippable = True  # K maps in the image frame: the task's flip test flips them back
+    confidence = "largest probability of the normalised map"
+    # tied_points: none (the base's None): the soft-argmax is a continuous function of the maps.
 
     def __init__(self, beta: float = 1.0, normalize: str = "softmax", sigma: float = 2.0):
         if not beta > 0:
@@ -71,7 +72,7 @@ class IntegralRegressionCodec:
         """``[B, K, h, w]`` maps -> their normalised distributions (same shape, differentiable)."""
         if maps.dim() != 4:
             raise ValueError(f"maps must be [B, K, h, w], got {tuple(maps.shape)}")
-        dtype = torch.float64 if maps.dtype == torch.float64 else torch.float32
+        dtype = float_dtype(maps)
         b, k, h, w = maps.shape
         flat = maps.to(dtype).reshape(b, k, h * w)
         if self.normalize == "softmax":
@@ -112,11 +113,11 @@ class IntegralRegressionCodec:
         coords = torch.where(weights[..., None] > 0, coords, torch.zeros_like(coords))
         return {"keypoints": coords, "heatmaps": heatmaps}, weights
 
-    def decode(self, outputs: Tensor | Mapping[str, Tensor], stride: float) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs: Tensor, stride: float) -> tuple[Tensor, Tensor]:
         """Soft-argmax -> input px; score = the normalised map's maximum (module docstring).
 
         Args:
-            outputs: ``[B, K, h, w]`` maps (logits for ``"softmax"``) or ``{"heatmaps": ...}``.
+            outputs: ``[B, K, h, w]`` maps (logits for ``"softmax"``).
             stride: Input px per heatmap cell.
 
         Returns:
@@ -124,6 +125,5 @@ class IntegralRegressionCodec:
         """
         if not stride > 0:
             raise ValueError(f"stride must be > 0, got {stride!r}")
-        maps = outputs["heatmaps"] if isinstance(outputs, Mapping) else outputs
-        coords, p = self.expectation(maps)
+        coords, p = self.expectation(outputs)
         return (coords + 0.5) * stride - 0.5, p.flatten(2).amax(dim=-1)

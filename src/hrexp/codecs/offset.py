@@ -19,6 +19,7 @@ from collections.abc import Mapping
 import torch
 from torch import Tensor
 
+from hrexp.codecs.base import KeypointCodec, float_dtype, top_two_within
 from hrexp.codecs.heatmap import GaussianHeatmapCodec
 
 
@@ -39,7 +40,7 @@ def split_offset_outputs(outputs: Tensor | Mapping[str, Tensor]) -> tuple[Tensor
     return heatmaps, offsets
 
 
-class OffsetHeatmapCodec:
+class OffsetHeatmapCodec(KeypointCodec):
     """Gaussian heatmaps plus per-cell sub-cell offsets (see the module docstring).
 
     Args:
@@ -59,6 +60,8 @@ class OffsetHeatmapCodec:
     """
 
     name = "offset"
+    confidence = "heatmap peak"
+    # Not flippable: a mirrored x offset changes sign, which the task's flip test (mirror + swap) does not do.
 
     def __init__(self, sigma: float = 2.0, radius: float = 2.0):
         if not radius >= math.sqrt(0.5):
@@ -130,7 +133,7 @@ class OffsetHeatmapCodec:
         if not stride > 0:
             raise ValueError(f"stride must be > 0, got {stride!r}")
         heatmaps, offsets = split_offset_outputs(outputs)
-        dtype = torch.float64 if heatmaps.dtype == torch.float64 else torch.float32
+        dtype = float_dtype(heatmaps)
         heatmaps, offsets = heatmaps.to(dtype), offsets.to(dtype)
         b, k, h, w = heatmaps.shape
         scores, idx = heatmaps.reshape(b, k, h * w).max(dim=-1)
@@ -140,3 +143,8 @@ class OffsetHeatmapCodec:
         cells = torch.stack([idx % w, torch.div(idx, w, rounding_mode="floor")], dim=-1).to(dtype)
         keypoints = (cells + off + 0.5) * stride - 0.5
         return keypoints, scores
+
+    def tied_points(self, outputs: Tensor | Mapping[str, Tensor], tolerance: float) -> Tensor:
+        """``[B, K]``: the heatmap's two highest values within ``tolerance`` (the arg-max cell is a tie)."""
+        heatmaps, _ = split_offset_outputs(outputs)
+        return top_two_within(heatmaps.flatten(-2), tolerance)

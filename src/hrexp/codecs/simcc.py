@@ -36,9 +36,7 @@ from collections.abc import Mapping, Sequence
 import torch
 from torch import Tensor
 
-
-def _float_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
+from hrexp.codecs.base import KeypointCodec, check_points, float_dtype, top_two_within
 
 
 def _refine_1d(vectors: Tensor) -> tuple[Tensor, Tensor]:
@@ -56,10 +54,12 @@ def _refine_1d(vectors: Tensor) -> tuple[Tensor, Tensor]:
     return idx.to(vectors.dtype) + offset, maxima
 
 
-class SimCCCodec:
+class SimCCCodec(KeypointCodec):
     """Encode keypoints as SimCC x / y label vectors and decode predicted vectors back.
 
     Args:
+        input_size: ``(H, W)`` of the network input, which the vectors span (``conf/task/codec/simcc.yaml``
+            sets it to ``data.image_size``, as the SimCC head's).
         split_ratio: Bins per input pixel (``r``; RTMPose: 2.0).
         sigma: Gaussian standard deviation in bins, one float for both axes or ``(sigma_x,
             sigma_y)`` (RTMPose at 192 x 256: ``(4.9, 5.66)``).
@@ -74,14 +74,22 @@ class SimCCCodec:
     """
 
     name = "simcc"
+    output_keys = ("x", "y")  # the SimCC head's dict of x / y logits
+    graph_output_names = ("simcc_x", "simcc_y")
+    confidence = "smaller of the x and y maxima"
+    # Not flippable: the outputs are vectors, not maps in the image frame.
 
     def __init__(
         self,
+        input_size: Sequence[int],
         split_ratio: float = 2.0,
         sigma: float | Sequence[float] = (4.9, 5.66),
         label_smoothing: float = 0.0,
         normalize: bool = False,
     ):
+        if isinstance(input_size, (str, bytes)) or len(input_size) != 2 or min(int(v) for v in input_size) < 1:
+            raise ValueError(f"task.codec.input_size={input_size!r}: expected the network input (H, W) > 0, "
+                             "as data.image_size")
         if not split_ratio > 0:
             raise ValueError(f"split_ratio must be > 0, got {split_ratio!r}")
         if isinstance(sigma, (int, float)):
@@ -91,6 +99,7 @@ class SimCCCodec:
             raise ValueError(f"sigma must be a positive float or (sigma_x, sigma_y), got {sigma!r}")
         if not 0.0 <= label_smoothing < 1.0:
             raise ValueError(f"label_smoothing must be in [0, 1), got {label_smoothing!r}")
+        self.input_size = (int(input_size[0]), int(input_size[1]))
         self.split_ratio = float(split_ratio)
         self.sigma = sigma
         self.label_smoothing = float(label_smoothing)
@@ -98,20 +107,18 @@ class SimCCCodec:
 
     def __repr__(self) -> str:
         return (
-            f"{type(self).__name__}(split_ratio={self.split_ratio}, sigma={self.sigma}, "
+            f"{type(self).__name__}(input_size={self.input_size}, split_ratio={self.split_ratio}, sigma={self.sigma}, "
             f"label_smoothing={self.label_smoothing}, normalize={self.normalize})"
         )
 
     def output_channels(self, num_keypoints: int) -> int:
-        """The head's ``num_outputs`` (one x and one y vector per keypoint; no maps).
-
-        Kept for the common codec interface; the vectors' lengths are :meth:`vector_lengths`.
-        """
+        """The head's ``num_outputs`` (one x and one y vector per keypoint; no maps; their lengths: :attr:`lengths`)."""
         return int(num_keypoints)
 
-    def vector_lengths(self, input_size: Sequence[int]) -> tuple[int, int]:
-        """``(W * r, H * r)`` for an input ``(H, W)``, rounded to whole bins."""
-        h, w = (float(s) for s in input_size)
+    @property
+    def lengths(self) -> tuple[int, int]:
+        """``(W * r, H * r)`` bins for the input ``(H, W)``, rounded to whole bins (as the SimCC head's)."""
+        h, w = self.input_size
         return int(round(w * self.split_ratio)), int(round(h * self.split_ratio))
 
     def _labels(self, centre: Tensor, length: int, sigma: float) -> Tensor:
@@ -129,29 +136,21 @@ class SimCCCodec:
         visible: Tensor,
         heatmap_size: tuple[int, int],
         stride: float,
-        input_size: tuple[int, int] | None = None,
     ) -> tuple[dict[str, Tensor], Tensor]:
         """Gaussian x / y labels.
 
         Args:
             keypoints: ``[B, K, 2]`` ``(x, y)`` in input px.
             visible: ``[B, K]``.
-            heatmap_size, stride: Give the input size ``heatmap_size * stride`` (the common codec
-                interface; SimCC renders no heatmap), unless ``input_size=(H, W)`` is given.
+            heatmap_size, stride: Unused: SimCC renders no heatmap; its vectors span the constructor's
+                ``input_size``.
 
         Returns:
             ``({"x": [B, K, W * r], "y": [B, K, H * r]}, weights [B, K])``.
         """
-        if keypoints.dim() != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"keypoints must be [B, K, 2], got {tuple(keypoints.shape)}")
-        if visible.shape != keypoints.shape[:2]:
-            raise ValueError(f"visible must be {tuple(keypoints.shape[:2])}, got {tuple(visible.shape)}")
-        if input_size is None:
-            if not stride > 0:
-                raise ValueError(f"stride must be > 0, got {stride!r}")
-            input_size = (heatmap_size[0] * stride, heatmap_size[1] * stride)
-        lx, ly = self.vector_lengths(input_size)
-        kpts = keypoints.to(_float_dtype(keypoints))
+        check_points(keypoints, visible)
+        lx, ly = self.lengths
+        kpts = keypoints.to(float_dtype(keypoints))
         c = (kpts + 0.5) * self.split_ratio - 0.5  # [B, K, 2] bin coordinates
         cx, cy = c[..., 0], c[..., 1]
         inside = (cx >= -0.5) & (cx < lx - 0.5) & (cy >= -0.5) & (cy < ly - 0.5)
@@ -163,7 +162,7 @@ class SimCCCodec:
         ty = self._labels(cy, ly, self.sigma[1]) * weights[..., None]
         return {"x": tx, "y": ty}, weights
 
-    def decode(self, outputs: Mapping[str, Tensor], stride: float = 1.0) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs: Mapping[str, Tensor], stride: float) -> tuple[Tensor, Tensor]:
         """Arg-max + parabola refinement per axis (module docstring), to input px.
 
         Args:
@@ -180,8 +179,12 @@ class SimCCCodec:
             raise ValueError(
                 f"SimCC outputs must be [B, K, L] with one B, K, got x {tuple(vx.shape)}, y {tuple(vy.shape)}"
             )
-        dtype = torch.promote_types(_float_dtype(vx), _float_dtype(vy))
+        dtype = torch.promote_types(float_dtype(vx), float_dtype(vy))
         cx, mx = _refine_1d(vx.to(dtype))
         cy, my = _refine_1d(vy.to(dtype))
         keypoints = (torch.stack([cx, cy], dim=-1) + 0.5) / self.split_ratio - 0.5
         return keypoints, torch.minimum(mx, my)
+
+    def tied_points(self, outputs: Mapping[str, Tensor], tolerance: float) -> Tensor:
+        """``[B, K]``: either axis' two highest values within ``tolerance`` (its arg-max bin is a tie)."""
+        return top_two_within(outputs["x"], tolerance) | top_two_within(outputs["y"], tolerance)

@@ -46,27 +46,23 @@ the pixel-centre one, which this codec leaves alone (the codec only defines targ
 
 Input size
 ----------
-UDP needs the input size. :meth:`~UDPHeatmapCodec.encode` / :meth:`~UDPHeatmapCodec.decode` take
-it as ``input_size=(H, W)``; when ``None`` (default) it is ``heatmap_size * stride`` (the heatmap
-size of ``decode`` is its outputs' last two dims), which is exact whenever the input size is a
-multiple of the stride.
+UDP needs the input size: the constructor's ``input_size=(H, W)``; when ``None`` (default) it is
+``heatmap_size * stride`` (the heatmap size of ``decode`` is its outputs' last two dims), which is
+exact whenever the input size is a multiple of the stride (hrexp's inputs are multiples of the
+backbone's coarsest stride).
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping, Sequence
+from collections.abc import Sequence
 
-import torch
 from torch import Tensor
 
+from hrexp.codecs.base import KeypointCodec, check_points, float_dtype, top_two_within
 from hrexp.codecs.heatmap import REFINE_OPTIONS, GaussianHeatmapCodec
 
 
-def _float_dtype(t: Tensor) -> torch.dtype:
-    return torch.float64 if t.dtype == torch.float64 else torch.float32
-
-
-class UDPHeatmapCodec:
+class UDPHeatmapCodec(KeypointCodec):
     """Gaussian heatmaps with UDP's corner-aligned coordinate transform (see the module docstring).
 
     Rendering and sub-pixel decoding (arg-max + DARK, or quarter / none) are those of
@@ -79,24 +75,32 @@ class UDPHeatmapCodec:
         sigma: Standard deviation of the Gaussian in heatmap pixels.
         refine: ``"dark"`` (default), ``"quarter"`` or ``"none"``, as in the Gaussian codec.
         blur_kernel: DARK's blur kernel, as in the Gaussian codec.
+        input_size: ``(H, W)`` of the network input; None: ``heatmap_size * stride`` (module docstring).
 
-    Targets: ``{"heatmaps": [B, K, h, w]}`` (peak 1 at the sub-pixel centre, not truncated).
-    Weights ``[B, K]``: 1 for a visible keypoint inside the input image
+    Targets: heatmaps ``[B, K, h, w]`` (peak 1 at the sub-pixel centre, not truncated), for the task's
+    heatmap loss. Weights ``[B, K]``: 1 for a visible keypoint inside the input image
     (``-0.5 <= x < W - 0.5``, same for ``y``), else 0 (its heatmap is all zero).
     """
 
     name = "udp"
     flippable = True  # K maps in the image frame: the task's flip test flips them back
+    heatmap_targets = True
+    confidence = "heatmap peak"
 
-    def __init__(self, sigma: float = 2.0, refine: str = "dark", blur_kernel: int | None = None):
+    def __init__(self, sigma: float = 2.0, refine: str = "dark", blur_kernel: int | None = None,
+                 input_size: Sequence[int] | None = None):
         if refine not in REFINE_OPTIONS:
             raise ValueError(f"refine={refine!r} is not supported; choose one of {REFINE_OPTIONS}")
+        if input_size is not None and (len(input_size) != 2 or min(float(s) for s in input_size) <= 1):
+            raise ValueError(f"task.codec.input_size={list(input_size)!r}: expected (H, W) larger than 1 x 1 px, "
+                             "or null (the heatmap size times the stride)")
         self._gauss = GaussianHeatmapCodec(sigma=sigma, refine=refine, blur_kernel=blur_kernel)
         self.sigma = self._gauss.sigma
         self.refine = refine
+        self.input_size = None if input_size is None else (float(input_size[0]), float(input_size[1]))
 
     def __repr__(self) -> str:
-        return f"{type(self).__name__}(sigma={self.sigma}, refine={self.refine!r})"
+        return f"{type(self).__name__}(sigma={self.sigma}, refine={self.refine!r}, input_size={self.input_size})"
 
     def output_channels(self, num_keypoints: int) -> int:
         """One heatmap per keypoint."""
@@ -113,10 +117,9 @@ class UDPHeatmapCodec:
             raise ValueError(f"UDP needs an input larger than 1 x 1 px, got {input_size!r}")
         return (w - 1) / (win - 1), (h - 1) / (hin - 1)
 
-    @staticmethod
-    def _input_size(heatmap_size: Sequence[int], stride: float, input_size) -> tuple[float, float]:
-        if input_size is not None:
-            return float(input_size[0]), float(input_size[1])
+    def _input_size(self, heatmap_size: Sequence[int], stride: float) -> tuple[float, float]:
+        if self.input_size is not None:
+            return self.input_size
         if not stride > 0:
             raise ValueError(f"stride must be > 0, got {stride!r}")
         return float(heatmap_size[0]) * stride, float(heatmap_size[1]) * stride
@@ -142,8 +145,7 @@ class UDPHeatmapCodec:
         visible: Tensor,
         heatmap_size: tuple[int, int],
         stride: float,
-        input_size: tuple[int, int] | None = None,
-    ) -> tuple[dict[str, Tensor], Tensor]:
+    ) -> tuple[Tensor, Tensor]:
         """Render UDP Gaussian heatmaps.
 
         Args:
@@ -151,46 +153,40 @@ class UDPHeatmapCodec:
             visible: ``[B, K]``, nonzero where annotated.
             heatmap_size: ``(h, w)``.
             stride: Input px per heatmap px; gives the input size ``heatmap_size * stride``
-                unless ``input_size`` is given.
-            input_size: ``(H, W)`` of the network input, or None.
+                unless the codec was built with an ``input_size``.
 
         Returns:
-            ``({"heatmaps": [B, K, h, w]}, weights [B, K])``, float32 (float64 for float64 input).
+            ``(heatmaps [B, K, h, w], weights [B, K])``, float32 (float64 for float64 input).
         """
-        if keypoints.dim() != 3 or keypoints.shape[-1] != 2:
-            raise ValueError(f"keypoints must be [B, K, 2], got {tuple(keypoints.shape)}")
-        if visible.shape != keypoints.shape[:2]:
-            raise ValueError(f"visible must be {tuple(keypoints.shape[:2])}, got {tuple(visible.shape)}")
-        hin, win = self._input_size(heatmap_size, stride, input_size)
-        kpts = keypoints.to(_float_dtype(keypoints))
+        check_points(keypoints, visible)
+        hin, win = self._input_size(heatmap_size, stride)
+        kpts = keypoints.to(float_dtype(keypoints))
         coords = self.to_heatmap(kpts, heatmap_size, (hin, win))
         x, y = kpts[..., 0], kpts[..., 1]
         # Inside the input image (pixel areas); implies -0.5 <= u < w - 0.5 for the inner codec.
         inside = (x >= -0.5) & (x < win - 0.5) & (y >= -0.5) & (y < hin - 0.5)
         vis = (visible.to(keypoints.device) != 0) & inside
-        heatmaps, weights = self._gauss.encode(coords, vis, heatmap_size, stride=1.0)
-        return {"heatmaps": heatmaps}, weights
+        return self._gauss.encode(coords, vis, heatmap_size, stride=1.0)
 
-    def decode(
-        self,
-        outputs: Tensor | Mapping[str, Tensor],
-        stride: float,
-        input_size: tuple[int, int] | None = None,
-    ) -> tuple[Tensor, Tensor]:
+    def decode(self, outputs: Tensor, stride: float) -> tuple[Tensor, Tensor]:
         """Arg-max + refinement (DARK by default) in heatmap coordinates, then UDP's inverse.
 
         Args:
-            outputs: ``[B, K, h, w]`` heatmaps or ``{"heatmaps": ...}``.
-            stride: Input px per heatmap px (input size ``(h, w) * stride`` unless ``input_size``).
-            input_size: ``(H, W)`` of the network input, or None.
+            outputs: ``[B, K, h, w]`` heatmaps.
+            stride: Input px per heatmap px (input size ``(h, w) * stride`` unless the codec has an
+                ``input_size``).
 
         Returns:
             ``(keypoints [B, K, 2] input px, scores [B, K] = heatmap maxima)``.
         """
-        heatmaps = outputs["heatmaps"] if isinstance(outputs, Mapping) else outputs
+        heatmaps = outputs
         if heatmaps.dim() != 4:
             raise ValueError(f"heatmaps must be [B, K, h, w], got {tuple(heatmaps.shape)}")
         hm_size = tuple(heatmaps.shape[-2:])
-        hin, win = self._input_size(hm_size, stride, input_size)
+        hin, win = self._input_size(hm_size, stride)
         coords, scores = self._gauss.decode(heatmaps, stride=1.0)  # stride 1: x == u
         return self.to_input(coords, hm_size, (hin, win)), scores
+
+    def tied_points(self, outputs: Tensor, tolerance: float) -> Tensor:
+        """``[B, K]``: the map's two highest values within ``tolerance`` (the arg-max is a tie)."""
+        return top_two_within(outputs.flatten(-2), tolerance)

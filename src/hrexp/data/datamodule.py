@@ -14,6 +14,10 @@ Three levels, one class each:
   family's split records (:meth:`~HRExpDataModule.read_splits`). A new format is a subclass that
   implements ``read_splits()`` only.
 
+A family also says how ``predict.py`` prepares a new image (no annotation) as its evaluation transform
+does: the classmethod :meth:`~HRExpDataModule.prediction_preparer` (built from a checkpoint's stored
+config alone, with :meth:`~HRExpDataModule.stored_option`; no data is read).
+
 ``setup()`` runs ``read_splits() -> complete_splits() -> test fallback -> build_datasets()`` once:
 every split is read and checked before training, so bad data fails in seconds. Call
 ``prepare_data()`` then ``setup()`` before asking for ``dataset_meta`` (the task's head needs it);
@@ -22,17 +26,20 @@ Lightning's own later ``setup`` calls are then no-ops.
 
 from __future__ import annotations
 
+import inspect
 import logging
 import os
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any, Callable, Mapping
 
 import numpy as np
 from lightning import LightningDataModule
-from torch.utils.data import DataLoader, Dataset
+from omegaconf import DictConfig, OmegaConf
+from torch.utils.data import DataLoader, Dataset, default_collate
 
 from hrexp.data import images, paths
 from hrexp.data.errors import DataError
+from hrexp.errors import ConfigError
 from hrexp.data.loaders import eval_sampler, make_loader
 from hrexp.data.sampling import TrainSampler
 from hrexp.data.splits import split_indices, split_three
@@ -52,6 +59,23 @@ def check_auto_or(value: Any, kind: type, option: str) -> Any:
         return value
     expected = "a whole number >= 0" if kind is int else "true or false"
     raise ValueError(f"{option}={value!r}: expected auto or {expected}")
+
+
+class ImagePreparer:
+    """A family's evaluation-time preparation of one new image for ``predict.py`` (see
+    :meth:`HRExpDataModule.prediction_preparer`): a picklable callable ``(image, path) -> [sample, ...]`` (run
+    in DataLoader workers; ``image`` as :func:`~hrexp.data.images.load_image` decodes it) whose samples
+    :attr:`collate` batches. :attr:`per_instance`: an image may give several samples (pose: one per person
+    box) or none."""
+
+    per_instance = False
+
+    def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
+        raise NotImplementedError(f"{type(self).__name__} prepares no image")
+
+    def collate(self, samples: list[dict[str, Any]]) -> dict[str, Any]:
+        """The batch of the samples of one or more images (torch's default collate)."""
+        return default_collate(samples)
 
 
 class HRExpDataModule(LightningDataModule):
@@ -137,6 +161,46 @@ class HRExpDataModule(LightningDataModule):
     def sample_name(self, split: str, index: int) -> str:
         """What a message calls sample ``index`` of ``split`` (a family names the file and row)."""
         return f"{split} sample {index}"
+
+    # ------------------------------------------------------------------ the family's prediction hook
+    @classmethod
+    def prediction_preparer(cls, run_cfg: DictConfig, boxes: Mapping[str, list[Any]] | None = None) -> ImagePreparer:
+        """How ``predict.py`` prepares a new image for a checkpoint of this family: the family's evaluation
+        transform with the options the run was trained with (``run_cfg``, the checkpoint's stored config).
+
+        Args:
+            boxes: Person boxes by image file name (``predict.py boxes=...``: objects with ``bbox``
+                ``(x, y, w, h)``, ``score`` and ``image_id``); only a family that crops boxes takes them.
+
+        Raises:
+            ConfigError: The family prepares no image for prediction, or ``boxes`` it does not take.
+        """
+        raise ConfigError(f"ckpt_path: the checkpoint's data family {cls.__name__} ({run_cfg.data._target_}) has "
+                          f"no prediction preprocessing; it implements {cls.__name__}.prediction_preparer")
+
+    @classmethod
+    def refuse_boxes(cls, run_cfg: DictConfig, boxes: Mapping[str, list[Any]] | None) -> None:
+        """Refuses ``boxes`` for a family that crops no person boxes (its :meth:`prediction_preparer` calls it)."""
+        if boxes is not None:
+            task = OmegaConf.select(run_cfg, "choices.task")
+            raise ConfigError(f"boxes=...: only top-down pose checkpoints crop person boxes; this one was trained on "
+                              f"{cls.__name__} data (task={task}); leave boxes unset")
+
+    @classmethod
+    def stored_option(cls, run_cfg: DictConfig, name: str) -> Any:
+        """``data.<name>`` of a stored run config, or the family's default when the config lacks it (older runs).
+
+        Raises:
+            ConfigError: Neither the config nor any class of the family has it.
+        """
+        value = OmegaConf.select(run_cfg, f"data.{name}", default=inspect.Parameter.empty)
+        if value is not inspect.Parameter.empty:
+            return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
+        for klass in cls.__mro__:
+            parameter = inspect.signature(klass.__init__).parameters.get(name)
+            if parameter is not None and parameter.default is not inspect.Parameter.empty:
+                return parameter.default
+        raise ConfigError(f"the checkpoint's config has no data.{name}, and {cls.__name__} has no default for it")
 
     # ------------------------------------------------------------------ Lightning hooks
     def setup(self, stage: str | None = None) -> None:

@@ -95,9 +95,9 @@ def heatmap_section(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
         return None
     indices = ctx.resolve(ctx.options.heatmaps, len(ctx.dataset))
     batch, _, outputs = ctx.run(indices)
-    if not isinstance(outputs, torch.Tensor):  # SimCC's x / y vectors: no map to draw
+    outputs = task.codec.keypoint_maps(outputs, task.num_keypoints)
+    if outputs is None:  # SimCC's x / y vectors, a regression: no map to draw
         return Section("Heatmaps", text=f"The codec {type(task.codec).__name__} predicts no heatmaps.")
-    outputs = outputs[:, :task.num_keypoints]  # the offset codec's maps come first, then its offsets
     pictures = []
     for j, picture in enumerate(ctx.pictures(batch)):
         scale = ctx.drawing_scale(batch)

@@ -9,7 +9,6 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from hrexp.data.images import read_image_size
-from hrexp.data.landmarks.aasce_reader import AASCE_LANDMARK_NAMES
 from hrexp.evaluation.context import ReportContext
 from hrexp.evaluation.keypoint_report import confidence_section, feature_section, gallery_section, heatmap_section
 from hrexp.evaluation.tables import number, write_table_csv
@@ -126,9 +125,25 @@ def relative_errors(error: np.ndarray, sizes: np.ndarray) -> dict[str, float | N
     return out
 
 
+# The layout the Cobb procedure (hrexp.metrics.cobb) reads: the thoracic and lumbar spine (T1..L5, 17 vertebrae) top
+# to bottom, each vertebra's four corners in this order, named "<vertebra>_<corner>". Defined by what the procedure
+# needs, not by one dataset's names: any data whose landmarks follow it gets the Cobb angles.
+SPINE_VERTEBRAE = 17
+SPINE_CORNERS = ("tl", "tr", "bl", "br")
+
+
 def is_spine_layout(names: Sequence[str]) -> bool:
-    """Whether the landmarks are the AASCE layout: 17 vertebrae (T1..L5) x 4 corners, in that order."""
-    return list(names) == list(AASCE_LANDMARK_NAMES)
+    """Whether the landmarks are 17 vertebrae x 4 corners named ``<vertebra>_<corner>``, corners in
+    :data:`SPINE_CORNERS`' order (the AASCE layout)."""
+    n = len(SPINE_CORNERS)
+    if len(names) != SPINE_VERTEBRAE * n:
+        return False
+    for v in range(SPINE_VERTEBRAE):
+        parts = [str(name).rpartition("_") for name in names[v * n:(v + 1) * n]]
+        vertebra = parts[0][0]
+        if not vertebra or any(p[0] != vertebra for p in parts) or tuple(p[2] for p in parts) != SPINE_CORNERS:
+            return False
+    return True
 
 
 def cobb_section(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> Section | None:

@@ -2,11 +2,11 @@
 onnxruntime against PyTorch on the same inputs.
 
 ``DeployModel`` is what a deployment runs: images (normalised as in training, ``[B, 3, H, W]`` at the
-training input size) in; out, the network's raw maps (heatmaps or class logits) and, with
-``decode=True`` for a keypoint task, the codec's decoding too: arg-max plus sub-pixel refinement
-(DARK by default), keypoints ``[B, K, 2]`` in input-image pixels and their scores ``[B, K]``. The
-codec's decode is plain tensor code, so the exporter traces it as it is: one implementation for
-Python and for the graph.
+training input size) in; out, what the task's export hooks say (``export_output_names``,
+``export_outputs``): the network's raw outputs (``maps``: heatmaps or class logits; SimCC's
+``simcc_x``, ``simcc_y``) and, with ``decode=True`` for a keypoint task, the codec's decoding too:
+keypoints ``[B, K, 2]`` in input-image pixels and their scores ``[B, K]``. The codec's decode is plain
+tensor code, so the exporter traces it as it is: one implementation for Python and for the graph.
 """
 
 from __future__ import annotations
@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from torch import nn
 
+from hrexp.errors import UserError
+
 log = logging.getLogger(__name__)
 
 # The issue's tolerances: raw maps within 1e-4, decoded points within 0.05 px.
@@ -27,44 +29,45 @@ MAP_TOLERANCE = 1e-4
 POINT_TOLERANCE_PX = 0.05
 
 
-class ExportError(RuntimeError):
+class ExportError(UserError, RuntimeError):
     """The export cannot be made or its check against PyTorch failed (the message says which output)."""
 
 
 class DeployModel(nn.Module):
-    """Backbone and head of a trained :class:`~hrexp.training.module.HRExpModule`, in eval mode.
+    """Backbone and task of a trained :class:`~hrexp.training.module.HRExpModule`, in eval mode, giving the
+    outputs the task's export hooks name.
 
     Args:
         module: the trained module.
-        decode: also output the decoded keypoints and scores (keypoint tasks: their ``codec``).
+        decode: also output the task's decoding (keypoint tasks: keypoints and scores from their codec).
 
     Raises:
-        ExportError: ``decode=True`` for a task without a keypoint codec (segmentation).
+        ExportError: ``decode=True`` for a task that decodes nothing in the graph (segmentation).
     """
+
+    # Decoded outputs: compared with the point tolerance (keypoints) or not at all (scores follow the maps).
+    DECODED = ("keypoints", "scores")
 
     def __init__(self, module: nn.Module, decode: bool = False):
         super().__init__()
         self.backbone, self.task = module.backbone, module.task
-        codec = getattr(module.task, "codec", None)
-        if decode and codec is None:
-            raise ExportError(f"decode=true needs a keypoint task (its codec decodes heatmaps); "
-                              f"{type(module.task).__name__} has none: export without decode")
-        if hasattr(codec, "vector_lengths"):  # SimCC: the head gives a dict of x / y vectors, not maps
-            raise ExportError(f"{type(codec).__name__}: ONNX export of SimCC models (two vector outputs) is not "
-                              "supported yet; export a heatmap codec's model (task/codec=gaussian|udp|offset|integral)")
-        self.codec = codec if decode else None
-        self.stride = float(module.task.stride) if decode else None
+        self.decode = bool(decode)
+        try:
+            self.output_names = list(module.task.export_output_names(self.decode))
+        except ValueError as err:
+            raise ExportError(str(err)) from err
 
-    @property
-    def output_names(self) -> list[str]:
-        return ["maps", "keypoints", "scores"] if self.codec is not None else ["maps"]
+    def reference(self, images: torch.Tensor) -> tuple[list[torch.Tensor], torch.Tensor | None]:
+        """PyTorch's outputs for ``images`` and the decoded points that are ties at :data:`MAP_TOLERANCE`."""
+        with torch.no_grad():
+            outputs = self.task(self.backbone(images))
+            tensors = list(self.task.export_outputs(outputs, self.decode))
+            tied = self.task.tied_points(outputs, MAP_TOLERANCE) if "keypoints" in self.output_names else None
+        return tensors, tied
 
     def forward(self, images: torch.Tensor) -> Any:
-        maps = self.task(self.backbone(images))
-        if self.codec is None:
-            return maps
-        keypoints, scores = self.codec.decode(maps, stride=self.stride)
-        return maps, keypoints, scores
+        tensors = self.task.export_outputs(self.task(self.backbone(images)), self.decode)
+        return tensors[0] if len(tensors) == 1 else tuple(tensors)
 
 
 @dataclass
@@ -74,9 +77,9 @@ class ExportCheck:
     max_map_difference: float
     max_point_difference_px: float | None
     batch_sizes: list[int]
-    # Maps whose two highest values lie within MAP_TOLERANCE of each other: their arg-max is a tie at
-    # the precision the maps are checked to, so their points are not compared.
-    tied_maps: int = 0
+    # Points whose decoding is a tie at the precision the raw outputs are checked to (e.g. a map's two highest
+    # values within MAP_TOLERANCE: the task's tied_points): they are not compared.
+    tied_points: int = 0
 
     @property
     def ok(self) -> bool:
@@ -106,30 +109,30 @@ def export_onnx(model: DeployModel, path: str | Path, input_size: tuple[int, int
         program.save(str(path))
     except Exception as err:  # noqa: BLE001 -- the exporter's errors are many; name what was exported
         raise ExportError(f"ONNX export of {type(model.backbone).__name__} + {type(model.task).__name__} "
-                          f"(decode={model.codec is not None}) failed: {type(err).__name__}: {err}") from err
+                          f"(decode={model.decode}) failed: {type(err).__name__}: {err}") from err
     return path
 
 
 def check_onnx(model: DeployModel, path: str | Path, images: torch.Tensor) -> ExportCheck:
-    """Run ``path`` with onnxruntime (CPU) on ``images`` and compare with ``model`` in PyTorch."""
+    """Run ``path`` with onnxruntime (CPU) on ``images`` and compare with ``model`` in PyTorch: every raw output
+    (maps, vectors) within :data:`MAP_TOLERANCE`, the decoded ``keypoints`` within :data:`POINT_TOLERANCE_PX`
+    except the tied ones."""
     import onnxruntime as ort
 
     session = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    with torch.no_grad():
-        expected = model.eval()(images)
-    expected = list(expected) if isinstance(expected, tuple) else [expected]
+    expected, tied = model.eval().reference(images)
     got = session.run(None, {"images": images.numpy()})
     names = [o.name for o in session.get_outputs()]
     if names != model.output_names:
         raise ExportError(f"{path}: outputs {names}, expected {model.output_names}")
-    maps = expected[0].numpy()
-    map_difference = float(np.abs(got[0] - maps).max())
-    point_difference, tied = None, 0
-    if len(got) > 1:
-        top2 = np.sort(maps.reshape(*maps.shape[:2], -1), axis=-1)[..., -2:]
-        clear = (top2[..., 1] - top2[..., 0]) > MAP_TOLERANCE  # [B, K]
-        tied = int((~clear).sum())
-        points = np.abs(got[1] - expected[1].numpy()).max(axis=-1)  # [B, K]
+    raw = [i for i, name in enumerate(names) if name not in DeployModel.DECODED]
+    map_difference = max((float(np.abs(got[i] - expected[i].numpy()).max()) for i in raw), default=0.0)
+    point_difference, tied_count = None, 0
+    if "keypoints" in names:
+        i = names.index("keypoints")
+        clear = np.ones(got[i].shape[:2], bool) if tied is None else ~tied.cpu().numpy()  # [B, K]
+        tied_count = int((~clear).sum())
+        points = np.abs(got[i] - expected[i].numpy()).max(axis=-1)  # [B, K]
         point_difference = float(points[clear].max()) if clear.any() else 0.0
     return ExportCheck(max_map_difference=map_difference, max_point_difference_px=point_difference,
-                       batch_sizes=[int(images.shape[0])], tied_maps=tied)
+                       batch_sizes=[int(images.shape[0])], tied_points=tied_count)

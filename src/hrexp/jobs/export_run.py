@@ -1,7 +1,9 @@
 """``export(cfg)``: the body of ``export.py``. A checkpoint to an ONNX file, checked with onnxruntime.
 
 Needs only the checkpoint: the model, task, input size and what the data told the task (keypoint
-count, classes) are all stored in it, so no training data has to be at hand.
+count, classes) are all stored in it, so no training data has to be at hand. What the graph outputs is
+the task's to say (its ``export_output_names`` / ``export_outputs`` hooks, through
+:class:`~hrexp.export.onnx_export.DeployModel`); nothing here knows a particular task.
 """
 
 from __future__ import annotations

@@ -3,18 +3,19 @@
 ``python predict.py ckpt_path=<file.ckpt> input=<image | folder | glob> [output=<folder>] [overlays=true]``
 
 Needs only the checkpoint, as ``export.py``: model, task and the training input size are stored in
-it. Each image goes through the evaluation-time preprocessing of the run's data family
-(:mod:`hrexp.prediction.preprocess`) and the task's own evaluation inference and decoding
-(``task.eval_outputs`` + ``task.predict``, with the flip test when the task uses one), so a
-prediction equals what ``eval.py`` scores on the same image. Results are in ORIGINAL-image pixels.
+it. Each image goes through the evaluation-time preprocessing of the run's data family (the family's
+``prediction_preparer``, found from the checkpoint's ``data._target_``: :mod:`hrexp.prediction.preprocess`)
+and the task's own evaluation inference and decoding (``task.eval_outputs`` + ``task.predict``, with
+the flip test when the task uses one), so a prediction equals what ``eval.py`` scores on the same
+image. The task says what is written (its ``prediction_writer``); nothing here knows a particular
+task or data family.
 
 Written to ``output`` (default: the run folder ``logs/predict/runs/<time>/``):
 
-* keypoint tasks (landmarks, pose): ``predictions.csv`` (one row per image x [person x] keypoint:
-  ``x, y, score``) and ``predictions.json`` (COCO keypoint results); coordinates: centre of pixel
-  ``(0, 0)`` at ``(0.0, 0.0)``, which is also the convention of COCO's keypoint annotations, so both
-  files hold the same numbers (see :mod:`hrexp.prediction.writers`); ``score`` is the decoded heatmap peak;
-* segmentation: ``masks/<name>.png`` (class id per pixel, uint8, original size) and ``predictions.csv``;
+* the task's files, e.g. keypoint tasks (landmarks, pose): ``predictions.csv`` (one row per image x
+  [person x] keypoint: ``x, y, score``, ORIGINAL-image pixels) and ``predictions.json`` (COCO keypoint
+  results; see :mod:`hrexp.prediction.writers`); segmentation: ``masks/<name>.png`` (class id per
+  pixel, uint8, original size) and ``predictions.csv``;
 * ``overlays/<name>.png|jpg`` with ``overlays=true``; ``skipped.csv`` (file, reason); ``predict.json``
   (summary); ``README.txt``.
 
@@ -31,7 +32,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import rich
 import torch
 from omegaconf import DictConfig, OmegaConf
@@ -40,21 +40,25 @@ from torch.utils.data import DataLoader
 
 from hrexp.errors import ConfigError
 from hrexp.prediction.boxes import PersonBox, read_boxes
-from hrexp.prediction.image_source import ImageBatch, ImageFiles, InputFiles, collate_images, expand_input, move_to
-from hrexp.prediction.preprocess import UNKNOWN_IMAGE_ID, Preparer, preparer_for
+from hrexp.prediction.image_source import (
+    ImageBatch,
+    ImageFiles,
+    InputFiles,
+    collate_images,
+    expand_input,
+    move_to,
+    to_cpu,
+)
+from hrexp.prediction.preprocess import preparer_for
 from hrexp.prediction.writers import (
-    KeypointWriter,
-    MaskWriter,
-    keypoint_overlay,
-    mask_overlay,
+    PredictedImage,
+    PredictionWriter,
     unique_names,
     write_overlay,
     write_readme,
     write_skipped,
 )
 from hrexp.run_record import write_json
-from hrexp.tasks.heatmap_keypoints import HeatmapKeypointTask
-from hrexp.tasks.segmentation import SegmentationTask
 from hrexp.training.checkpoint_model import module_from_checkpoint
 from hrexp.training.module import HRExpModule
 
@@ -135,72 +139,34 @@ def check_options(cfg: DictConfig) -> PredictOptions:
 
 
 @torch.no_grad()
-def run_network(module: HRExpModule, inputs: dict[str, Any]) -> dict[str, torch.Tensor]:
+def run_network(module: HRExpModule, inputs: dict[str, Any]) -> dict[str, Any]:
     """The task's evaluation inference and decoding of one batch, as the module's val/test step runs them."""
     task = module.task
     outputs = task.eval_outputs(module, inputs)
     flipped = module(inputs["image"].flip(-1)) if task.flip_test else None
-    preds = task.predict(outputs, inputs, flipped_outputs=flipped)
-    return {k: v.detach().cpu() for k, v in preds.items()}
+    return to_cpu(task.predict(outputs, inputs, flipped_outputs=flipped))
 
 
 class Outputs:
-    """Routes one batch's predictions to the task's files (and overlays)."""
+    """Hands each image of a batch, with its rows of the predictions, to the task's writer; writes the overlays."""
 
-    def __init__(self, module: HRExpModule, preparer: Preparer, options: PredictOptions, names: dict[str, str]):
-        task = module.task
+    def __init__(self, writer: PredictionWriter, options: PredictOptions, names: dict[str, str]):
+        self.writer = writer
         self.out_dir = options.output
         self.names = names
-        self.overlays = options.overlays
-        self.per_instance = bool(preparer.per_instance)
-        self.masks = isinstance(task, SegmentationTask)
-        if self.masks:
-            self.writer: KeypointWriter | MaskWriter = MaskWriter(self.out_dir, task.class_names)
-        elif isinstance(task, HeatmapKeypointTask):
-            self.writer = KeypointWriter(self.out_dir, task.keypoint_names, self.per_instance)
-        else:
-            raise ConfigError(f"ckpt_path: task {type(task).__name__} ({task.task_name}) has no prediction output; "
-                              f"expected a keypoint (landmarks, pose) or segmentation task")
         self.predicted = 0
-        self.without_boxes: list[str] = []
 
-    def add(self, batch: ImageBatch, preds: dict[str, torch.Tensor] | None) -> None:
+    def add(self, batch: ImageBatch, preds: dict[str, Any] | None) -> None:
         rows_of: dict[int, list[int]] = {}
         for row, owner in enumerate(batch.owner):
             rows_of.setdefault(owner, []).append(row)
         for position, image in enumerate(batch.images):
-            rows = rows_of.get(position, [])
-            if self.masks:
-                picture = self._add_mask(image, batch.inputs, preds, rows[0])
-            else:
-                picture = self._add_keypoints(image, batch.inputs, preds, rows)
+            name = self.names[image["file"]]
+            predicted = PredictedImage(image["file"], name, image["index"], image["picture"], rows_of.get(position, []))
+            picture = self.writer.add(predicted, batch.inputs, preds)
             if picture is not None:
-                write_overlay(self.out_dir / "overlays", self.names[image["file"]], image["file"], picture)
+                write_overlay(self.out_dir / "overlays", name, image["file"], picture)
             self.predicted += 1
-
-    def _add_mask(self, image: dict[str, Any], inputs: dict[str, Any], preds: dict[str, torch.Tensor],
-                  row: int) -> np.ndarray | None:
-        mh, mw = (int(v) for v in inputs["mask_hw"][row])
-        labels = preds["labels"][row, :mh, :mw].numpy().astype(np.uint8)
-        self.writer.add(image["file"], self.names[image["file"]], labels)
-        return None if image["picture"] is None else mask_overlay(image["picture"], labels)
-
-    def _add_keypoints(self, image: dict[str, Any], inputs: dict[str, Any] | None, preds: dict[str, torch.Tensor] | None,
-                       rows: list[int]) -> np.ndarray | None:
-        k = len(self.writer.names)
-        keypoints = preds["keypoints"][rows].double().numpy() if rows else np.zeros((0, k, 2))
-        scores = preds["scores"][rows].double().numpy() if rows else np.zeros((0, k))
-        image_id = image["index"] + 1
-        boxes = box_scores = None
-        if self.per_instance:
-            boxes = inputs["bbox"][rows].numpy() if rows else np.zeros((0, 4))
-            box_scores = inputs["box_score"][rows].numpy() if rows else np.zeros((0,))
-            ids = [int(i) for i in inputs["image_id"][rows]] if rows else []
-            image_id = ids[0] if ids and ids[0] != UNKNOWN_IMAGE_ID else image_id
-            if not rows:
-                self.without_boxes.append(image["file"])
-        self.writer.add(image["file"], image_id, keypoints, scores, boxes, box_scores)
-        return None if image["picture"] is None else keypoint_overlay(image["picture"], keypoints, boxes)
 
     def close(self) -> None:
         self.writer.close()
@@ -218,18 +184,20 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         The summary written to ``predict.json``.
 
     Raises:
-        ConfigError: a bad option (see :func:`check_options`), or a checkpoint whose task or data
-            family has no prediction output, or ``boxes`` for a checkpoint that is not top-down pose.
+        ConfigError: a bad option (see :func:`check_options`), or a checkpoint whose task has no prediction
+            writer or whose data family no prediction preparer, or ``boxes`` for a family that crops none.
     """
     options = check_options(cfg)
     loaded = module_from_checkpoint(options.ckpt_path)
     module, run_cfg = loaded.module, loaded.run_cfg
+    # the data family (the class of the checkpoint's data._target_) prepares the images, the task writes the files
     preparer = preparer_for(run_cfg, options.boxes)
     module.to(options.device)
     files = options.inputs.files
     names = unique_names(files)
     options.output.mkdir(parents=True, exist_ok=True)
-    outputs = Outputs(module, preparer, options, names)
+    writer = module.task.prediction_writer(options.output, bool(preparer.per_instance))
+    outputs = Outputs(writer, options, names)
 
     loader = DataLoader(ImageFiles(files, preparer, keep_picture=options.overlays), batch_size=options.batch_size,
                         shuffle=False, num_workers=options.num_workers,
@@ -259,19 +227,12 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         "options": {"overlays": options.overlays, "batch_size": options.batch_size,
                     "num_workers": options.num_workers, "device": str(options.device),
                     "boxes": cfg.get("boxes"), "box_score_threshold": cfg.get("box_score_threshold")},
-        "files": {"predictions_csv": "predictions.csv", "skipped": "skipped.csv",
-                  **({"masks": "masks/"} if outputs.masks else {"predictions_json": "predictions.json"}),
-                  **({"overlays": "overlays/"} if options.overlays else {})},
-        "coordinates": None if outputs.masks else
-        "original-image pixels, centre of pixel (0, 0) at (0.0, 0.0); the same in predictions.json (COCO keypoint "
-        "annotations are pixel indices); bbox in COCO's continuous [x, y, w, h]",
+        "files": {**writer.files, "skipped": "skipped.csv", **({"overlays": "overlays/"} if options.overlays else {})},
+        "coordinates": writer.coordinates,
     }
-    if not outputs.masks:
-        summary["counts"]["instances"] = outputs.writer.instances
-    if outputs.per_instance:
-        summary["counts"]["images_without_boxes"] = len(outputs.without_boxes)
+    summary["counts"].update(writer.counts())
     write_json(options.output / "predict.json", summary)
-    write_readme(options.output, str(options.ckpt_path), outputs.masks, options.overlays, outputs.per_instance)
+    write_readme(options.output, str(options.ckpt_path), writer, options.overlays)
     message = f"[bold]Predicted[/bold] {outputs.predicted} image(s) with {options.ckpt_path} -> {options.output}"
     if skipped:
         message += f"; [bold yellow]skipped {len(skipped)}[/bold yellow] file(s) that could not be read (see skipped.csv)"

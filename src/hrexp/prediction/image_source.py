@@ -186,3 +186,15 @@ def collate_images(items: Sequence[dict[str, Any]], collate_samples: Callable[[l
 def move_to(batch: dict[str, Any], device: torch.device) -> dict[str, Any]:
     """The batch's tensors on ``device`` (other values as they are)."""
     return {k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in batch.items()}
+
+
+def to_cpu(value: Any) -> Any:
+    """Predictions on the CPU: tensors moved, lists / tuples / dicts of them walked (a task's ``predict`` may
+    give one tensor per image, as the blob task's centres)."""
+    if isinstance(value, torch.Tensor):
+        return value.detach().cpu()
+    if isinstance(value, dict):
+        return {k: to_cpu(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return type(value)(to_cpu(v) for v in value)
+    return value

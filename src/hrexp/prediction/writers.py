@@ -13,12 +13,15 @@ from __future__ import annotations
 
 import csv
 import json
+from abc import ABC, abstractmethod
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 import cv2
 import numpy as np
 
+from hrexp.data.pose.datamodule import UNKNOWN_IMAGE_ID
 from hrexp.reports.drawing import draw_keypoints, overlay_mask
 
 # Added to hrexp's keypoint coordinates in the COCO JSON (0: COCO keypoints are pixel indices, see above).
@@ -31,6 +34,58 @@ COORDINATES_NOTE = (
     "(hrexp's convention). COCO keypoint annotations use the same numbers, so predictions.json holds the same\n"
     "keypoint values as predictions.csv; its \"bbox\" is COCO's continuous [x, y, w, h] (pixel i spans [i, i + 1)).\n"
 )
+
+
+@dataclass
+class PredictedImage:
+    """One input image as a writer sees it.
+
+    ``rows``: the rows of the batch's inputs and predictions that are this image's samples (one per image;
+    pose: one per person box, possibly none); ``picture``: the original as RGB uint8 when overlays are drawn.
+    """
+
+    file: str
+    name: str  # the output name (no extension), unique among the inputs
+    index: int  # 0-based position in the input list
+    picture: np.ndarray | None
+    rows: list[int]
+
+
+class PredictionWriter(ABC):
+    """The files ``predict.py`` writes for one task (a task's ``prediction_writer`` hook gives it).
+
+    :meth:`add` takes each image's predictions as the batches come and returns the overlay to draw (or None),
+    :meth:`close` finishes the files; :attr:`files`, :meth:`counts`, :attr:`coordinates` and
+    :meth:`readme_lines` / :attr:`readme_note` go into ``predict.json`` and ``README.txt``.
+    """
+
+    #: What predict.json says of the coordinates (None: the files hold none).
+    coordinates: str | None = None
+    #: A paragraph at the end of README.txt (None: none).
+    readme_note: str | None = None
+
+    @abstractmethod
+    def add(self, image: PredictedImage, inputs: Mapping[str, Any] | None,
+            preds: Mapping[str, Any] | None) -> np.ndarray | None:
+        """Write one image's predictions (``preds`` rows ``image.rows``; None when the batch had no sample);
+        returns the predictions drawn on ``image.picture`` when it is given, else None."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Finish the files (also after an error: what was written stays readable)."""
+
+    @property
+    @abstractmethod
+    def files(self) -> dict[str, str]:
+        """What the writer wrote, for predict.json's ``files`` (``{"predictions_csv": "predictions.csv"}``)."""
+
+    def counts(self) -> dict[str, int]:
+        """The writer's own counts for predict.json (e.g. ``instances``)."""
+        return {}
+
+    @abstractmethod
+    def readme_lines(self) -> list[str]:
+        """README.txt's lines for the writer's files (``<file>   <what it holds>``)."""
 
 
 def unique_names(files: Sequence[str | Path]) -> dict[str, str]:
@@ -140,6 +195,89 @@ class MaskWriter:
         self.csv_fh.close()
 
 
+class KeypointPredictionWriter(PredictionWriter):
+    """Keypoint tasks: :class:`KeypointWriter`'s CSV and COCO JSON (keypoints in original pixels); overlays draw them.
+
+    Args:
+        keypoint_names: The K names (the CSV's ``keypoint`` column).
+        per_instance: Several samples per image (pose: one per person box, whose ``bbox``, ``box_score`` and
+            ``image_id`` the inputs carry).
+        confidence: What the scores are (the codec's ``confidence``), for README.txt.
+    """
+
+    coordinates = ("original-image pixels, centre of pixel (0, 0) at (0.0, 0.0); the same in predictions.json (COCO "
+                   "keypoint annotations are pixel indices); bbox in COCO's continuous [x, y, w, h]")
+    readme_note = COORDINATES_NOTE
+
+    def __init__(self, out_dir: Path, keypoint_names: Sequence[str], per_instance: bool, confidence: str):
+        self.writer = KeypointWriter(out_dir, keypoint_names, per_instance)
+        self.per_instance = per_instance
+        self.confidence = confidence
+        self.without_boxes: list[str] = []
+
+    def add(self, image: PredictedImage, inputs: Mapping[str, Any] | None,
+            preds: Mapping[str, Any] | None) -> np.ndarray | None:
+        rows, k = image.rows, len(self.writer.names)
+        keypoints = preds["keypoints"][rows].double().numpy() if rows else np.zeros((0, k, 2))
+        scores = preds["scores"][rows].double().numpy() if rows else np.zeros((0, k))
+        image_id = image.index + 1
+        boxes = box_scores = None
+        if self.per_instance:
+            boxes = inputs["bbox"][rows].numpy() if rows else np.zeros((0, 4))
+            box_scores = inputs["box_score"][rows].numpy() if rows else np.zeros((0,))
+            ids = [int(i) for i in inputs["image_id"][rows]] if rows else []
+            image_id = ids[0] if ids and ids[0] != UNKNOWN_IMAGE_ID else image_id
+            if not rows:
+                self.without_boxes.append(image.file)
+        self.writer.add(image.file, image_id, keypoints, scores, boxes, box_scores)
+        return None if image.picture is None else keypoint_overlay(image.picture, keypoints, boxes)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {"predictions_csv": "predictions.csv", "predictions_json": "predictions.json"}
+
+    def counts(self) -> dict[str, int]:
+        out = {"instances": self.writer.instances}
+        if self.per_instance:
+            out["images_without_boxes"] = len(self.without_boxes)
+        return out
+
+    def readme_lines(self) -> list[str]:
+        return [f"predictions.csv   one row per image x {'person box x ' if self.per_instance else ''}keypoint: "
+                f"x, y (original pixels), score ({self.confidence})",
+                "predictions.json  COCO keypoint results: keypoints [x, y, score, ...], score"
+                + (", bbox, box_score" if self.per_instance else "")]
+
+
+class MaskPredictionWriter(PredictionWriter):
+    """Segmentation: :class:`MaskWriter`'s mask PNGs and CSV; the overlays blend the classes over the image."""
+
+    def __init__(self, out_dir: Path, class_names: Sequence[str]):
+        self.writer = MaskWriter(out_dir, class_names)
+
+    def add(self, image: PredictedImage, inputs: Mapping[str, Any] | None,
+            preds: Mapping[str, Any] | None) -> np.ndarray | None:
+        row = image.rows[0]  # one sample per image
+        mh, mw = (int(v) for v in inputs["mask_hw"][row])
+        labels = preds["labels"][row, :mh, :mw].numpy().astype(np.uint8)
+        self.writer.add(image.file, image.name, labels)
+        return None if image.picture is None else mask_overlay(image.picture, labels)
+
+    def close(self) -> None:
+        self.writer.close()
+
+    @property
+    def files(self) -> dict[str, str]:
+        return {"predictions_csv": "predictions.csv", "masks": "masks/"}
+
+    def readme_lines(self) -> list[str]:
+        return ["predictions.csv   one row per image: its mask file, size and pixels per class",
+                "masks/            <name>.png: class id per pixel (uint8), at the original image size"]
+
+
 def keypoint_overlay(picture: np.ndarray, keypoints: np.ndarray, boxes: np.ndarray | None = None) -> np.ndarray:
     """The predicted keypoints (``[N, K, 2]``, original px) drawn on the original picture; pose boxes in yellow."""
     out = picture
@@ -175,23 +313,15 @@ def write_skipped(path: Path, skipped: Sequence[tuple[str, str]]) -> Path:
     return path
 
 
-def write_readme(out_dir: Path, checkpoint: str, masks: bool, overlays: bool, per_instance: bool) -> Path:
-    """``README.txt``: what each file holds and the coordinate convention."""
-    lines = [f"Predictions of {checkpoint}", ""]
-    if masks:
-        lines += ["predictions.csv   one row per image: its mask file, size and pixels per class",
-                  "masks/            <name>.png: class id per pixel (uint8), at the original image size"]
-    else:
-        lines += [f"predictions.csv   one row per image x {'person box x ' if per_instance else ''}keypoint: "
-                  f"x, y (original pixels), score (heatmap peak)",
-                  "predictions.json  COCO keypoint results: keypoints [x, y, score, ...], score"
-                  + (", bbox, box_score" if per_instance else "")]
+def write_readme(out_dir: Path, checkpoint: str, writer: PredictionWriter, overlays: bool) -> Path:
+    """``README.txt``: what each file holds (the writer's own lines first) and the writer's note."""
+    lines = [f"Predictions of {checkpoint}", "", *writer.readme_lines()]
     if overlays:
         lines.append("overlays/         the prediction drawn on each original image")
     lines += ["skipped.csv       files that could not be predicted (file, reason)",
               "predict.json      summary: checkpoint, counts, options", ""]
-    if not masks:
-        lines.append(COORDINATES_NOTE)
+    if writer.readme_note:
+        lines.append(writer.readme_note)
     path = out_dir / "README.txt"
     path.write_text("\n".join(lines))
     return path

@@ -16,22 +16,30 @@ LightningModule, the run record, eval, the comparison, the W&B images) calls onl
 * evaluation report (``eval.py``): ``sample_results(preds, batch)`` (each sample's predictions and
   truth, small and on the CPU, collected during the test epoch), ``report(samples, context)`` (the
   report's sections: tables, plots, galleries), ``combine_members(members)`` and
-  ``score_samples(samples)`` (seed ensembles: the members' mean prediction and its metrics).
+  ``score_samples(samples)`` (seed ensembles: the members' mean prediction and its metrics);
+* prediction (``predict.py``): ``prediction_writer(out_dir, per_instance)`` (the files the predictions go
+  to; how an image is prepared is its data family's ``prediction_preparer``);
+* export (``export.py``): ``export_output_names(decode)``, ``export_outputs(outputs, decode)`` (the exported
+  graph's outputs; by default the network's one tensor, ``maps``) and ``tied_points(outputs, tolerance)``
+  (decoded points the export check does not compare).
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from hrexp.errors import ConfigError
 from hrexp.metrics.direction import output_mode
 
 if TYPE_CHECKING:
     from hrexp.evaluation.context import ReportContext
+    from hrexp.prediction.writers import PredictionWriter
     from hrexp.reports.html_report import Section
     from hrexp.run_record import RunRecord
 
@@ -182,3 +190,35 @@ class Task(nn.Module):
     def score_samples(self, samples: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         """The stage metrics of given samples (an ensemble's mean prediction), as eval logs them (no prefix)."""
         raise NotImplementedError(f"task {self.task_name!r} cannot score combined predictions")
+
+    # ------------------------------------------------------------------ prediction and export hooks
+    def prediction_writer(self, out_dir: Path, per_instance: bool) -> "PredictionWriter":
+        """What ``predict.py`` writes into ``out_dir``: a :class:`~hrexp.prediction.writers.PredictionWriter` that
+        takes each image's predictions (``per_instance``: the data family's preparer gives several samples per
+        image, e.g. one per person box).
+
+        Raises:
+            ConfigError: The task has no prediction output.
+        """
+        raise ConfigError(f"ckpt_path: task {self.task_name!r} ({type(self).__name__}) has no prediction output; "
+                          f"it implements Task.prediction_writer")
+
+    def export_output_names(self, decode: bool) -> list[str]:
+        """The exported graph's output names, in order: by default the network's one output tensor, ``maps``.
+
+        Raises:
+            ValueError: ``decode`` for a task that decodes nothing in the graph.
+        """
+        if decode:
+            raise ValueError(f"decode=true needs a keypoint task (its codec decodes the maps in the graph); task "
+                             f"{self.task_name!r} ({type(self).__name__}) has none: export without decode")
+        return ["maps"]
+
+    def export_outputs(self, outputs: Any, decode: bool) -> tuple[torch.Tensor, ...]:
+        """The exported graph's output tensors from the network's outputs, in :meth:`export_output_names`' order."""
+        return (outputs,)
+
+    def tied_points(self, outputs: Any, tolerance: float) -> torch.Tensor | None:
+        """``[B, K]`` True for a decoded point that outputs equal up to ``tolerance`` may put anywhere (an arg-max
+        tie); the export check compares the others. None: no decoded points, or no ties."""
+        return None

@@ -40,6 +40,9 @@ class CoarseToFineLandmarkTask(LandmarkTask):
                  dataset_meta: Mapping[str, Any], refine: Mapping[str, Any], **kwargs: Any):
         super().__init__(head, codec, loss, feature_info, dataset_meta, **kwargs)
         options = dict(refine)
+        if not options["codec"].heatmap_targets:  # the refiner's loss is a heatmap loss on one map per patch
+            raise ValueError(f"task.refine.codec: {type(options['codec']).__name__} encodes no heatmaps for the "
+                             "refiner's heatmap loss; use a heatmap codec (gaussian, udp)")
         self.refiner = Refiner(options["backbone"], options["head"], self.num_keypoints, options["codec"],
                                options["loss"])
         self.patch_size = int(options.get("patch_size", 128))
@@ -142,8 +145,11 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         refined = (points.reshape(b, k, 2) + origin + 0.5) / s - 0.5
         preds.update(keypoints=refined, keypoints_coarse=coarse, scores=scores.reshape(b, k),
                      keypoints_input=apply_affine(refined, batch["matrix"].float()))
-        if hasattr(self.refiner.codec, "spread"):
-            preds["spread"] = self.refiner.codec.spread(maps, stride=self.refiner.stride).reshape(b, k) / s[..., 0]
+        spread = self.refiner.codec.spread(maps, stride=self.refiner.stride)
+        if spread is None:
+            preds.pop("spread", None)  # stage 1's would describe the coarse points, not the refined ones
+        else:
+            preds["spread"] = spread.reshape(b, k) / s[..., 0]
         return preds
 
     def sample_results(self, preds: Mapping[str, Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:

@@ -1,20 +1,26 @@
-"""What every heatmap keypoint task shares: head, target encoding, loss, decoding and the flip test.
+"""What every keypoint task shares: head, target encoding, loss, decoding, the flip test, prediction and export.
 
-A concrete task (:class:`~hrexp.tasks.landmarks.LandmarkTask`, :class:`~hrexp.tasks.pose.PoseTask`)
-adds its metrics and reports; drawing (ground truth green, prediction red) is shared here.
+The task talks to its codec through :class:`~hrexp.codecs.base.KeypointCodec` alone (the head's channels,
+where the targets go, whether the flip test applies, confidences, the exported outputs), so a new codec
+needs no edit here. A concrete task (:class:`~hrexp.tasks.landmarks.LandmarkTask`,
+:class:`~hrexp.tasks.pose.PoseTask`) adds its metrics and reports; drawing (ground truth green,
+prediction red) is shared here.
 """
 
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
 import torch
 from torch import nn
 
+from hrexp.codecs.base import KeypointCodec, Outputs
 from hrexp.data.transforms import flip_permutation
 from hrexp.geometry import apply_affine, invert_affine
+from hrexp.prediction.writers import KeypointPredictionWriter, PredictionWriter
 from hrexp.reports.drawing import draw_keypoints
 from hrexp.tasks.base import Task
 
@@ -33,9 +39,11 @@ class HeatmapKeypointTask(Task):
     to ``w - 1 - u`` exactly, so the shift is off by default here (a test shows both facts).
 
     Args:
-        head: Partial head constructor, called as ``head(feature_info=..., num_outputs=K)``.
-        codec: Target codec (``encode`` / ``decode``).
-        loss: ``loss(pred, target, weights) -> scalar``.
+        head: Partial head constructor, called as ``head(feature_info=..., num_outputs=...)`` with the
+            codec's ``output_channels(K)``.
+        codec: The target codec, a :class:`~hrexp.codecs.base.KeypointCodec`.
+        loss: ``loss(outputs, targets, weights) -> scalar``: the task's heatmap loss for a codec with
+            ``heatmap_targets``, else the codec's own loss.
         feature_info: The backbone's feature description.
         dataset_meta: ``num_keypoints``, ``keypoint_names``, ``flip_pairs`` (and task-specific keys).
         flip_test: Average with the flipped image's heatmaps at evaluation.
@@ -49,7 +57,7 @@ class HeatmapKeypointTask(Task):
     def __init__(
         self,
         head: Callable[..., nn.Module],
-        codec: Any,
+        codec: KeypointCodec,
         loss: nn.Module,
         feature_info: Sequence[Mapping[str, int]],
         dataset_meta: Mapping[str, Any],
@@ -66,12 +74,15 @@ class HeatmapKeypointTask(Task):
                 f"task.num_keypoints={num_keypoints}: the head would have {num_keypoints} outputs, but the data "
                 f"defines {k} keypoints"
             )
+        if not isinstance(codec, KeypointCodec):  # the one contract this task talks to
+            raise ValueError(f"task.codec: {type(codec).__name__} is not a hrexp.codecs.base.KeypointCodec; a keypoint "
+                             "task's codec derives from it (docs/design.md, Codecs)")
         # The codec says how many channels the head outputs (offset codec: 3 per keypoint).
         super().__init__(head, feature_info, codec.output_channels(k), monitor or {"metric": "val/loss", "mode": "min"})
         self.num_keypoints = k
         self.keypoint_names = list(dataset_meta.get("keypoint_names") or [f"kp{i}" for i in range(self.num_keypoints)])
         self.flip_pairs = [(int(a), int(b)) for a, b in (dataset_meta.get("flip_pairs") or [])]
-        if flip_test and not getattr(codec, "flippable", False):
+        if flip_test and not codec.flippable:
             raise ValueError(f"task.flip_test=true but the codec {type(codec).__name__} has no flip test (its outputs "
                              "are not keypoint maps in the image frame); set task.flip_test=false")
         if flip_test and not self.flip_pairs:
@@ -94,24 +105,24 @@ class HeatmapKeypointTask(Task):
         """False for a batch without any labelled keypoint (e.g. detection boxes): no loss then."""
         return bool(batch["visible"].any())
 
-    def loss(self, outputs: torch.Tensor | Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
+    def heatmap_size(self, batch: Mapping[str, torch.Tensor]) -> tuple[int, int]:
+        """The output grid the targets are encoded on: the input over the head's stride (heads give ``ceil(H / s)``)."""
+        return tuple(math.ceil(int(s) / self.stride) for s in batch["image"].shape[-2:])
+
+    def loss(self, outputs: Outputs, batch: Mapping[str, torch.Tensor]) -> torch.Tensor:
         """The loss against targets the codec encodes from ``batch['keypoints']`` at the head's stride.
 
-        A heatmap codec (gaussian, udp) gives heatmaps, which go to the task's heatmap loss as a tensor;
-        the others give a dict of targets for their own loss (offset, integral, simcc).
+        A codec with ``heatmap_targets`` (gaussian, udp) gives one heatmap tensor for the task's heatmap loss;
+        the others a dict of targets for their own loss (offset, integral, simcc). Targets are cast to the
+        outputs' dtype (half under mixed precision).
         """
-        if isinstance(outputs, Mapping):  # SimCC's vectors: the heatmap grid is the input over the stride
-            size = tuple(int(s // self.stride) for s in batch["image"].shape[-2:])
-            dtype = next(iter(outputs.values())).dtype
-        else:
-            size, dtype = tuple(outputs.shape[-2:]), outputs.dtype
-        targets, weights = self.codec.encode(batch["keypoints"], batch["visible"], heatmap_size=size, stride=self.stride)
-        if isinstance(targets, Mapping):
-            targets = {key: value.to(dtype) for key, value in targets.items()}
-            if set(targets) == {"heatmaps"}:
-                targets = targets["heatmaps"]
-        else:
+        targets, weights = self.codec.encode(batch["keypoints"], batch["visible"],
+                                             heatmap_size=self.heatmap_size(batch), stride=self.stride)
+        dtype = self.codec.output_tensors(outputs)[0].dtype
+        if self.codec.heatmap_targets:
             targets = targets.to(dtype)
+        else:
+            targets = {key: value.to(dtype) for key, value in targets.items()}
         return self.loss_fn(outputs, targets, weights.to(dtype))
 
     def flip_back(self, heatmaps: torch.Tensor) -> torch.Tensor:
@@ -124,26 +135,45 @@ class HeatmapKeypointTask(Task):
     @torch.no_grad()
     def predict(
         self,
-        outputs: torch.Tensor,
+        outputs: Outputs,
         batch: Mapping[str, torch.Tensor],
-        flipped_outputs: torch.Tensor | None = None,
+        flipped_outputs: Outputs | None = None,
     ) -> dict[str, torch.Tensor]:
-        """Decode the outputs (heatmaps averaged with the flipped-back ones) to input, then original pixels."""
-        if isinstance(outputs, Mapping):
-            heatmaps = {key: value.detach().float() for key, value in outputs.items()}
-        else:
-            heatmaps = outputs.detach().float()
-            if flipped_outputs is not None:
-                heatmaps = 0.5 * (heatmaps + self.flip_back(flipped_outputs.detach().float()))
-        keypoints, scores = self.codec.decode(heatmaps, stride=self.stride)
+        """Decode the outputs (with the flip test: maps averaged with the flipped-back ones) to input, then
+        original pixels; ``spread`` where the codec measures one."""
+        if flipped_outputs is not None:  # only with flip_test, which the constructor allows for a flippable codec
+            outputs = 0.5 * (outputs.detach().float() + self.flip_back(flipped_outputs.detach().float()))
+        keypoints, scores = self.codec.decode(outputs, stride=self.stride)
         to_original = invert_affine(batch["matrix"].float())
         original = apply_affine(keypoints, to_original)
         preds = {"keypoints_input": keypoints, "keypoints": original, "scores": scores}
-        if hasattr(self.codec, "spread"):
+        spread = self.codec.spread(outputs, stride=self.stride)
+        if spread is not None:
             # Input px -> original px: the affine's area scale (the warp is a similarity up to aspect).
             scale = torch.linalg.det(to_original[:, :2, :2]).abs().sqrt()
-            preds["spread"] = self.codec.spread(heatmaps, stride=self.stride) * scale[:, None]
+            preds["spread"] = spread * scale[:, None]
         return preds
+
+    # ------------------------------------------------------------------ prediction and export hooks
+    def prediction_writer(self, out_dir: Path, per_instance: bool) -> PredictionWriter:
+        """``predictions.csv`` and COCO-style ``predictions.json`` of the keypoints in original pixels."""
+        return KeypointPredictionWriter(out_dir, self.keypoint_names, per_instance, self.codec.confidence)
+
+    def export_output_names(self, decode: bool) -> list[str]:
+        """The codec's raw outputs (``maps``; SimCC ``simcc_x``, ``simcc_y``), then ``keypoints``, ``scores``."""
+        return [*self.codec.graph_output_names, *(("keypoints", "scores") if decode else ())]
+
+    def export_outputs(self, outputs: Outputs, decode: bool) -> tuple[torch.Tensor, ...]:
+        """The codec's raw output tensors and, with ``decode``, its decoding: keypoints ``[B, K, 2]`` (input px)
+        and scores ``[B, K]``."""
+        raw = self.codec.output_tensors(outputs)
+        if not decode:
+            return raw
+        return (*raw, *self.codec.decode(outputs, stride=self.stride))
+
+    def tied_points(self, outputs: Outputs, tolerance: float) -> torch.Tensor | None:
+        """The keypoints whose decoding is a tie at ``tolerance`` (the codec's ``tied_points``)."""
+        return self.codec.tied_points(outputs, tolerance)
 
     # Batch keys each sample's results carry besides the predictions (a task adds its metric's inputs).
     sample_batch_keys: tuple[str, ...] = ("keypoints_orig", "visible_orig", "matrix")

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
@@ -12,6 +13,7 @@ from torch import nn
 
 from hrexp.data.segmentation.transforms import round_up
 from hrexp.metrics.segmentation import SegmentationMetrics
+from hrexp.prediction.writers import MaskPredictionWriter, PredictionWriter
 from hrexp.reports.drawing import overlay_mask
 from hrexp.tasks.base import Task, finite_or_none
 
@@ -136,6 +138,11 @@ class SegmentationTask(Task):
 
     def update_metrics(self, stage: str, preds: Mapping[str, torch.Tensor], batch: Mapping[str, torch.Tensor]) -> None:
         self.metrics[stage].update(preds["labels"], batch["mask"], batch["index"])
+
+    # ------------------------------------------------------------------ prediction (export: the base's ``maps``)
+    def prediction_writer(self, out_dir: Path, per_instance: bool) -> PredictionWriter:
+        """``masks/<name>.png`` (class ids at the original size) and ``predictions.csv`` (pixels per class)."""
+        return MaskPredictionWriter(out_dir, self.class_names)
 
     # ------------------------------------------------------------------ reports
     def per_item_tables(self, stage: str) -> dict[str, list[dict[str, Any]]]:

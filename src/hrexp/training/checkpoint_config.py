@@ -1,8 +1,10 @@
-"""Run configs stored in checkpoints by earlier hrexp versions, brought to today's class paths.
+"""Run configs stored in checkpoints by earlier hrexp versions, brought to today's class paths and arguments.
 
 A checkpoint carries its resolved run config (``checkpoint["hrexp"]["config"]``) so that ``eval.py``
-rebuilds the model and data from it alone. Classes that moved since keep working through this
-table: old ``_target_`` -> new. Add a line whenever a class in a config moves.
+rebuilds the model and data from it alone. Classes that moved since keep working through
+:data:`MOVED_TARGETS` (old ``_target_`` -> new: add a line whenever a class in a config moves), and
+constructor arguments added since through :data:`ADDED_ARGUMENTS` (add a line whenever a class gains a
+required argument that older configs lack).
 """
 
 from __future__ import annotations
@@ -26,6 +28,40 @@ MOVED_TARGETS = {
 }
 
 
+# class -> {argument: config paths to fill it from, first found}: arguments a class gained since, which configs
+# stored before lack. The paths are absolute (from the run config's root); the value is copied as stored.
+ADDED_ARGUMENTS = {
+    # SimCC's input size moved from an encode() argument to the constructor: the head was built for the same one
+    "hrexp.codecs.simcc.SimCCCodec": {"input_size": ("task.head.input_size", "data.image_size")},
+}
+
+
+def _select(config: dict[str, Any], path: str) -> Any:
+    node: Any = config
+    for key in path.split("."):
+        if not isinstance(node, dict) or key not in node:
+            return None
+        node = node[key]
+    return node
+
+
+def fill_added_arguments(config: Any, root: dict[str, Any] | None = None) -> Any:
+    """A copy of ``config`` (plain dicts and lists) with every :data:`ADDED_ARGUMENTS` argument a node lacks filled
+    from the first of its paths that the run config holds (left out when none does: the class then names it)."""
+    root = config if root is None else root
+    if isinstance(config, dict):
+        out = {k: fill_added_arguments(v, root) for k, v in config.items()}
+        for argument, paths in ADDED_ARGUMENTS.get(out.get("_target_"), {}).items():
+            if argument not in out:
+                found = next((value for value in (_select(root, p) for p in paths) if value is not None), None)
+                if found is not None:
+                    out[argument] = found
+        return out
+    if isinstance(config, list):
+        return [fill_added_arguments(v, root) for v in config]
+    return config
+
+
 def upgrade_targets(config: Any) -> Any:
     """A copy of ``config`` (plain dicts and lists) with every moved ``_target_`` replaced."""
     if isinstance(config, dict):
@@ -42,13 +78,13 @@ def upgrade_targets(config: Any) -> Any:
 def rebuild_config(checkpoint: dict[str, Any]) -> Any:
     """The run config stored in ``checkpoint``, ready to rebuild its model for eval / export / predict.
 
-    Today's class paths; and no initial weights to load, since the checkpoint holds the trained ones and
-    the files they came from need not exist any more: ``model.pretrained`` and a refiner's
+    Today's class paths and constructor arguments; and no initial weights to load, since the checkpoint holds the
+    trained ones and the files they came from need not exist any more: ``model.pretrained`` and a refiner's
     ``task.refine.stage1_ckpt`` are cleared (with the training-only ``train_stage1`` / ``jitter_px=auto``).
     """
     from omegaconf import OmegaConf
 
-    run_cfg = OmegaConf.create(upgrade_targets(checkpoint["hrexp"]["config"]))
+    run_cfg = OmegaConf.create(fill_added_arguments(upgrade_targets(checkpoint["hrexp"]["config"])))
     if "pretrained" in run_cfg.model:
         run_cfg.model.pretrained = False
     refine = run_cfg.task.get("refine") if "task" in run_cfg else None

@@ -15,25 +15,54 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
-from torch.utils.data import Dataset
+from omegaconf import DictConfig
+from torch.utils.data import Dataset, default_collate
 
-from hrexp.data.datamodule import HRExpDataModule
+from hrexp.data.datamodule import HRExpDataModule, ImagePreparer
 from hrexp.data.errors import DataError
 from hrexp.data.image_cache import ShrunkImageCache
 from hrexp.data.landmarks.aasce_reader import check_vertebra_order, read_aasce, read_aasce_angles
 from hrexp.data.landmarks.coco_reader import read_coco_keypoints
 from hrexp.data.landmarks.csv_reader import read_landmarks_csv
 from hrexp.data.landmarks.dataset import LandmarkDataset
-from hrexp.data.landmarks.originals import collate_originals, refine_factor
+from hrexp.data.landmarks.originals import collate_originals, original_fields, reduce_original, refine_factor
 from hrexp.data.landmarks.records import LandmarkSet
 from hrexp.data.landmarks.synthetic_spine import build_synthetic_spine, synthetic_spine_folder
 from hrexp.data.landmarks.validation import check_same_landmarks, validate_landmark_set
 from hrexp.data.transforms import LandmarkTransform
 
 log = logging.getLogger(__name__)
+
+# New images carry no annotation: the transforms map an empty keypoint list.
+_NO_KEYPOINTS = np.zeros((0, 2), np.float64)
+_NO_VISIBLE = np.zeros((0,), bool)
+
+
+class FitWholeImage(ImagePreparer):
+    """Landmarks for ``predict.py``: the image fitted into ``image_size`` (aspect kept and padded, or stretched),
+    no augmentation.
+
+    Samples: ``image`` ``[3, h, w]`` normalised and ``matrix`` ``[3, 3]`` (original -> input px), as
+    :class:`~hrexp.data.landmarks.dataset.LandmarkDataset` gives them for val/test. With
+    ``refine_scale`` (the run's ``data.refine_scale``) also ``original`` and ``original_scale``, made
+    from the image already decoded, and the batch is collated by
+    :func:`~hrexp.data.landmarks.originals.collate_originals` (adds ``original_hw``).
+    """
+
+    def __init__(self, image_size: tuple[int, int], keep_aspect: bool, refine_scale: float | None = None):
+        self.transform = LandmarkTransform(image_size=image_size, keep_aspect=keep_aspect, train=False)
+        self.refine_factor = refine_factor(refine_scale)
+        self.collate = default_collate if self.refine_factor is None else collate_originals
+
+    def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
+        sample = self.transform(image, _NO_KEYPOINTS, _NO_VISIBLE)
+        out = {"image": sample["image"], "matrix": sample["matrix"]}
+        if self.refine_factor is not None:
+            out.update(original_fields(reduce_original(image, self.refine_factor), self.refine_factor))
+        return [out]
 
 
 class LandmarkDataModule(HRExpDataModule):
@@ -159,6 +188,13 @@ class LandmarkDataModule(HRExpDataModule):
     def input_size(self) -> tuple[int, int]:
         """The network input ``(height, width)`` (``data.image_size``)."""
         return self.image_size
+
+    @classmethod
+    def prediction_preparer(cls, run_cfg: DictConfig, boxes: Mapping[str, list[Any]] | None = None) -> FitWholeImage:
+        """The whole image fitted into ``data.image_size`` as for val/test (:class:`FitWholeImage`)."""
+        cls.refuse_boxes(run_cfg, boxes)
+        size = tuple(int(s) for s in cls.stored_option(run_cfg, "image_size"))
+        return FitWholeImage(size, bool(cls.stored_option(run_cfg, "keep_aspect")), run_cfg.data.get("refine_scale"))
 
     def sample_name(self, split: str, index: int) -> str:
         record = self.splits[split].records[index]

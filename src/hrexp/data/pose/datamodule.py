@@ -20,16 +20,70 @@ import logging
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
+import numpy as np
+import torch
+from omegaconf import DictConfig
 from torch.utils.data import Dataset
 
-from hrexp.data.datamodule import HRExpDataModule
+from hrexp.data.datamodule import HRExpDataModule, ImagePreparer
 from hrexp.data.errors import DataError
 from hrexp.data.pose.dataset import PoseDataset
 from hrexp.data.pose.keypoint_meta import KeypointMeta, load_meta
-from hrexp.data.pose.reader import PoseSplit, read_detections, read_pose_coco, subset_images
+from hrexp.data.pose.reader import PoseSplit, clip_box, read_detections, read_pose_coco, subset_images
 from hrexp.data.pose.topdown import TopDownTransform
 
 log = logging.getLogger(__name__)
+
+# The image id of a crop whose box names none (predict.py without a boxes file, or boxes without ids).
+UNKNOWN_IMAGE_ID = -1
+# New images carry no annotation: the transforms map an empty keypoint list.
+_NO_KEYPOINTS = np.zeros((0, 2), np.float64)
+_NO_VISIBLE = np.zeros((0,), bool)
+
+
+class TopDownCrops(ImagePreparer):
+    """Top-down pose for ``predict.py``: one crop per person box of the image, no augmentation.
+
+    Args:
+        image_size: Network input ``(height, width)``.
+        padding: Box enlargement (``data.padding``).
+        boxes: Boxes by image file name (objects with ``bbox`` ``(x, y, w, h)`` in COCO's continuous
+            coordinates, ``score`` and ``image_id``, as :func:`hrexp.prediction.boxes.read_boxes` reads them);
+            None: the whole image is one box. Boxes are clipped to the image as the pose reader clips them.
+
+    Samples: ``image``, ``matrix`` (as :class:`~hrexp.data.pose.dataset.PoseDataset`), ``bbox`` ``[4]``
+    (the clipped box, COCO continuous coordinates), ``box_score`` and ``image_id`` (-1 when unknown).
+    """
+
+    per_instance = True
+
+    def __init__(self, image_size: tuple[int, int], padding: float, boxes: Mapping[str, Sequence[Any]] | None):
+        self.transform = TopDownTransform(image_size=image_size, padding=padding, train=False)
+        self.boxes = None if boxes is None else dict(boxes)
+
+    def person_boxes(self, path: Path, size_hw: tuple[int, int]) -> list[tuple[tuple[float, ...], float, int | None]]:
+        """``(bbox, score, image_id)`` of the image's boxes clipped to it (empty ones dropped); the whole image
+        without a boxes file."""
+        if self.boxes is None:
+            return [((0.0, 0.0, float(size_hw[1]), float(size_hw[0])), 1.0, None)]
+        out = []
+        for box in self.boxes.get(path.name, []):
+            clipped = clip_box(list(box.bbox), size_hw)
+            if clipped is not None:
+                out.append((tuple(float(v) for v in clipped), float(box.score), box.image_id))
+        return out
+
+    def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
+        samples = []
+        for bbox, score, image_id in self.person_boxes(path, image.shape[:2]):
+            sample = self.transform(image, _NO_KEYPOINTS, _NO_VISIBLE, bbox)
+            samples.append({
+                "image": sample["image"], "matrix": sample["matrix"],
+                "bbox": torch.tensor(bbox, dtype=torch.float64),
+                "box_score": torch.tensor(score, dtype=torch.float64),
+                "image_id": torch.tensor(UNKNOWN_IMAGE_ID if image_id is None else image_id, dtype=torch.int64),
+            })
+        return samples
 
 
 class PoseDataModule(HRExpDataModule):
@@ -165,6 +219,12 @@ class PoseDataModule(HRExpDataModule):
     def input_size(self) -> tuple[int, int]:
         """The crop size ``(height, width)`` the network sees (``data.image_size``)."""
         return self.image_size
+
+    @classmethod
+    def prediction_preparer(cls, run_cfg: DictConfig, boxes: Mapping[str, Sequence[Any]] | None = None) -> TopDownCrops:
+        """One crop per person box (``boxes``; without: the whole image) as for val/test (:class:`TopDownCrops`)."""
+        size = tuple(int(s) for s in cls.stored_option(run_cfg, "image_size"))
+        return TopDownCrops(size, float(cls.stored_option(run_cfg, "padding")), boxes)
 
     def sample_name(self, split: str, index: int) -> str:
         instance = self.splits[split].instances[index]

@@ -22,13 +22,14 @@ import logging
 import os
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import numpy as np
+from omegaconf import DictConfig
 from PIL import UnidentifiedImageError
 from torch.utils.data import Dataset
 
-from hrexp.data.datamodule import HRExpDataModule
+from hrexp.data.datamodule import HRExpDataModule, ImagePreparer
 from hrexp.data.errors import DataError, ErrorCollector
 from hrexp.data.images import read_image_size
 from hrexp.data.segmentation.dataset import SegDataset
@@ -36,6 +37,22 @@ from hrexp.data.segmentation.reader import MaskDecoder, Pair, SegSet, pair_folde
 from hrexp.data.segmentation.transforms import SegEvalTransform, SegTrainTransform, pad_collate
 
 log = logging.getLogger(__name__)
+
+
+class SegWholeImage(ImagePreparer):
+    """Segmentation for ``predict.py``: the image at its own size (or shrunk to ``eval_max_size``), padded in the
+    batch.
+
+    A blank mask of the image's size stands in for the missing ground truth: the task reads only its
+    size (``mask_hw``: the logits are resized back to the ORIGINAL image size before the argmax).
+    """
+
+    def __init__(self, max_size: int | None, size_divisor: int, ignore_index: int):
+        self.transform = SegEvalTransform(max_size=max_size)
+        self.collate = functools.partial(pad_collate, size_divisor=size_divisor, ignore_index=ignore_index)
+
+    def __call__(self, image: np.ndarray, path: Path) -> list[dict[str, Any]]:
+        return [self.transform(image, np.zeros(image.shape[:2], np.uint8))]
 
 
 class SegDataModule(HRExpDataModule):
@@ -185,6 +202,14 @@ class SegDataModule(HRExpDataModule):
     def input_size(self) -> tuple[int, int]:
         """The training crop ``(height, width)`` (``data.crop_size``); evaluation sees whole images."""
         return self.crop_size
+
+    @classmethod
+    def prediction_preparer(cls, run_cfg: DictConfig, boxes: Mapping[str, list[Any]] | None = None) -> SegWholeImage:
+        """The whole image, shrunk to ``data.eval_max_size`` as for val/test (:class:`SegWholeImage`)."""
+        cls.refuse_boxes(run_cfg, boxes)
+        max_size = cls.stored_option(run_cfg, "eval_max_size")
+        return SegWholeImage(None if max_size is None else int(max_size),
+                             int(cls.stored_option(run_cfg, "size_divisor")), int(cls.stored_option(run_cfg, "ignore_index")))
 
     def sample_name(self, split: str, index: int) -> str:
         pair_id, image_path, mask_path = self.splits[split].pairs[index]
