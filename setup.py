@@ -4,9 +4,10 @@
 ``conf/`` is mapped into the package (also in an editable install, where it stays ``conf/``).
 """
 
-from setuptools import find_packages, setup
+from setuptools import find_namespace_packages, setup
 
 setup(
-    packages=find_packages("src") + ["hrexp.conf"],
+    # namespace packages too: Hydra finds hrexp's Optuna sweeper in the namespace package hydra_plugins
+    packages=find_namespace_packages("src", include=["hrexp*", "hydra_plugins*"]) + ["hrexp.conf"],
     package_dir={"": "src", "hrexp.conf": "conf"},
 )

@@ -163,7 +163,8 @@ def test_config_chooses_the_loss(compose_cfg, task):
     assert isinstance(built.loss_fn, AdaptiveWingLoss)
     assert built.loss_fn.theta == 0.4 and built.loss_fn.dilation == 5 and built.loss_fn.alpha == 2.1
     # the task's loss() runs through it
-    batch = {"keypoints": torch.tensor([[[10.0, 12.0], [20.0, 30.0]]]), "visible": torch.tensor([[1.0, 0.0]])}
+    batch = {"image": torch.zeros(1, 3, 64, 64),  # the targets' grid: the input over the stride, 16 x 16
+             "keypoints": torch.tensor([[[10.0, 12.0], [20.0, 30.0]]]), "visible": torch.tensor([[1.0, 0.0]])}
     out = torch.zeros(1, 2, 16, 16)
     out[0, 1] = float("nan")  # the invisible landmark's prediction is free
     assert torch.isfinite(built.loss(out, batch)) and built.loss(out, batch) > 0

@@ -6,16 +6,28 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 import torch
 
-from hrexp.training.build import ConfigError, build_datamodule, build_module
+from hrexp.errors import ConfigError
+from hrexp.training.build import build_datamodule, build_module
 from hrexp.training.checkpoint_config import rebuild_config
 from tests.fit_helpers import TINY_W18
 
 # Patches of 32 px of the original (128x64) at native scale; 8 landmarks refined per training image.
 REFINE = [*TINY_W18, "refine=native", "task.refine.patch_size=32", "task.refine.train_patches=8",
           "task.refine.jitter_px=4"]
+
+
+def numpy_patch(image: np.ndarray, x0: int, y0: int, size: int) -> np.ndarray:
+    """``image[:, y0:y0 + size, x0:x0 + size]`` (``[C, H, W]``), zeros where the window leaves the image."""
+    out = np.zeros((image.shape[0], size, size), image.dtype)
+    top, left = max(y0, 0), max(x0, 0)
+    bottom, right = min(y0 + size, image.shape[1]), min(x0 + size, image.shape[2])
+    if top < bottom and left < right:
+        out[:, top - y0:bottom - y0, left - x0:right - x0] = image[:, top:bottom, left:right]
+    return out
 
 
 def built(compose_cfg, overrides=()):
@@ -41,9 +53,9 @@ def test_a_perfect_refiner_recovers_the_truth_from_any_coarse_error_inside_its_p
     cut = {}
     patches_of = task._patches
 
-    def recording(batch, centres):  # the patch origins predict uses (around stage 1's decoded points)
+    def recording(batch, centres):  # the patches and origins predict uses (around stage 1's decoded points)
         patches, origin = patches_of(batch, centres)
-        cut["origin"] = origin
+        cut["patches"], cut["origin"] = patches, origin
         return patches, origin
 
     def perfect(patches, landmark):
@@ -63,6 +75,31 @@ def test_a_perfect_refiner_recovers_the_truth_from_any_coarse_error_inside_its_p
     assert int(inside.sum()) > 10
     error = (preds["keypoints"] - truth).norm(dim=-1)[inside]
     assert float(error.max()) < 0.1  # ... the refined points are the truth (original px), through scale 0.5
+
+    # The origins are stage 1's points (in the reduced original) less half a patch, on whole pixels ...
+    origin = cut["origin"].numpy().astype(np.float64)
+    scale = batch["original_scale"].numpy().astype(np.float64)[:, None, None]
+    coarse = (preds["keypoints_coarse"].numpy().astype(np.float64) + 0.5) * scale - 0.5
+    assert np.array_equal(origin, np.round(origin))
+    off_centre = float(np.abs(origin + (64 - 1) / 2 - coarse).max())
+    assert off_centre <= 0.5 + 1e-5, f"a patch centre is {off_centre:.3f} px from stage 1's point"
+    # ... and each patch holds the original image's pixels from its origin on (zeros outside), normalised with
+    # ImageNet's mean and std: a NumPy crop, not the grid_sample under test
+    images = batch["original"].numpy().astype(np.float64)  # [B, 3, H, W], reduced by original_scale
+    assert images.shape[-2:] == (64, 32)
+    mean = np.array([0.485, 0.456, 0.406])[:, None, None] * 255
+    std = np.array([0.229, 0.224, 0.225])[:, None, None] * 255
+    patches = cut["patches"].numpy()
+    assert patches.shape == (b, k, 3, 64, 64)
+
+    def crops(dx: int = 0, dy: int = 0) -> np.ndarray:
+        return np.stack([np.stack([numpy_patch((images[i] - mean) / std, int(x) + dx, int(y) + dy, 64)
+                                   for x, y in origin[i]]) for i in range(b)])
+
+    difference = float(np.abs(patches - crops()).max())
+    assert difference < 1e-4, f"the patches differ from the image's pixels at their origins by up to {difference}"
+    # (the images have texture enough that a crop one pixel off would differ)
+    assert min(float(np.abs(patches - crops(dx=1)).max()), float(np.abs(patches - crops(dy=1)).max())) > 0.1
 
 
 def test_a_training_step_moves_both_stages(compose_cfg):

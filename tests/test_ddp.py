@@ -29,11 +29,32 @@ def _eval_single_and_ddp(run: Path, tmp_path: Path, cache_dir: Path) -> dict[str
     """eval.py on the run's last checkpoint and its validation split, in one process and on 2 gloo ranks."""
     values = {}
     for name, extra in (("single", []), ("ddp", ["trainer=ddp_cpu"])):
-        out = tmp_path / name
+        out = tmp_path / f"eval_{name}"  # not the training run's folder
         run_script("eval.py", [f"ckpt_path={run / 'checkpoints' / 'last.ckpt'}", "split=val", *extra,
                                f"hydra.run.dir={out}"], cache_dir)
         values[name] = json.loads((out / "summary.json").read_text())["metrics"]
     return values
+
+
+# Measured differences from one process (2026-12-06, this 2-core CPU): none in metrics made of counts (SDR, IoU,
+# Dice, pixel accuracy); 1-2 float32 ulps in means of float errors (MRE, val/loss; relative 2.1e-7 at most): the
+# float32 sums run in another order, and an image alone in a batch of one on one process is computed with other
+# rounding than in a batch of three on a rank (its heatmaps differ by 7e-7). A sample scored twice (Lightning's
+# padding sampler, tried) moved val/mre by 5e-3 and val/loss by 3e-3 relative, and val/sdr_4 from 0.01 to 0.0083.
+FLOAT_REL = 1e-6
+
+
+def _assert_same_metrics(logged: dict[str, str], values: dict[str, dict[str, float]], counted: tuple[str, ...],
+                         summed: tuple[str, ...]) -> None:
+    """The DDP training run's validation (its CSV row) equals eval.py on 2 ranks bit for bit (the same batches);
+    both equal one process's eval: ``counted`` metrics bit for bit, ``summed`` ones to float32 rounding."""
+    for key in (*counted, *summed):
+        train, ddp, single = float(logged[key]), values["ddp"][key], values["single"][key]
+        assert train == ddp, f"{key}: DDP training {train!r}, DDP eval {ddp!r}"
+        if key in counted:
+            assert ddp == single, f"{key}: DDP {ddp!r}, one process {single!r}"
+        else:
+            assert ddp == pytest.approx(single, rel=FLOAT_REL), f"{key}: DDP {ddp!r}, one process {single!r}"
 
 
 @pytest.mark.slow  # ~70 s: a DDP run on 2 gloo processes and its single-process eval
@@ -50,9 +71,8 @@ def test_ddp_validation_metrics_equal_single_process_eval(tmp_path, cache_dir):
 
     # The same weights scored by one process on the whole validation split, and by eval.py on 2 ranks.
     values = _eval_single_and_ddp(run, tmp_path, cache_dir)
-    for key in ("val/mre", "val/mre_mm", "val/loss", "val/sdr_4", "val/sdr_24"):
-        assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
-        assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
+    _assert_same_metrics(logged[0], values, counted=("val/sdr_4", "val/sdr_8", "val/sdr_24"),
+                         summed=("val/mre", "val/mre_mm", "val/loss"))
 
 
 @pytest.mark.slow  # ~2 min: 60 DDP steps, so that the model finds people and a duplicate would count
@@ -129,9 +149,7 @@ def test_ddp_segmentation_metrics_and_loss_equal_single_process_eval(tmp_path, c
         logged = [r for r in csv.DictReader(fh) if r.get("val/mIoU")]
     assert len(logged) == 1
     values = _eval_single_and_ddp(run, tmp_path, cache_dir)
-    for key in ("val/mIoU", "val/dice", "val/pixel_acc", "val/loss"):
-        assert float(logged[0][key]) == pytest.approx(values["single"][key], rel=1e-5), key
-        assert values["ddp"][key] == pytest.approx(values["single"][key], rel=1e-5), key
+    _assert_same_metrics(logged[0], values, counted=("val/mIoU", "val/dice", "val/pixel_acc"), summed=("val/loss",))
 
 
 @pytest.mark.slow  # ~1.5 min: two DDP jobs

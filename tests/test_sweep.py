@@ -196,7 +196,10 @@ def test_failed_optuna_trials_are_recorded_as_failed_and_the_study_goes_on(tmp_p
 
 @pytest.mark.slow  # ~30 s: 3 trials over two commands
 def test_an_optuna_study_stopped_after_two_trials_continues_from_its_storage(tmp_path, cache_dir):
+    import functools
+
     import optuna
+    import yaml
 
     storage = f"sqlite:///{tmp_path / 'study.db'}"
     common = [*SMALL_JOB, "hparams_search=landmarks_optuna", f"hydra.sweeper.storage={storage}",
@@ -206,9 +209,19 @@ def test_an_optuna_study_stopped_after_two_trials_continues_from_its_storage(tmp
     run_script("train.py", [*common, "hydra.sweeper.n_trials=1", f"hydra.sweep.dir={tmp_path / 'second'}"], cache_dir)
     study = optuna.load_study(study_name="continued", storage=storage)
     assert [t.state.name for t in study.trials] == ["COMPLETE"] * 3
-    # the third trial's job is the second command's only job, with the parameters the study asked for
-    third = json.loads((tmp_path / "second" / "0" / "results.json").read_text())
-    assert third["status"] == "finished"
+    # each trial in the storage is its job: the parameters the job's resolved config ran with, and the best
+    # val/mre its results.json reports; the third is the second command's only job
+    searched = ("optimizer.lr", "optimizer.weight_decay", "param_groups.backbone_lr_mult")
+    jobs = [tmp_path / "first" / "0", tmp_path / "first" / "1", tmp_path / "second" / "0"]
+    for trial, job in zip(study.trials, jobs, strict=True):
+        config = yaml.safe_load((job / "config.yaml").read_text())
+        ran_with = {key: functools.reduce(lambda node, part: node[part], key.split("."), config) for key in searched}
+        assert trial.params == ran_with, (trial.number, job)
+        record = json.loads((job / "results.json").read_text())
+        assert record["status"] == "finished"
+        assert trial.value == record["best"]["val/mre"]["value"], (trial.number, job)
+    # the continued study samples on: its trial is not a repeat of the first command's (same seed in the config)
+    assert study.trials[2].params not in [t.params for t in study.trials[:2]]
 
 
 @pytest.mark.slow  # ~25 s
