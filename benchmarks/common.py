@@ -136,12 +136,15 @@ def in_fresh_process(fn: Callable[..., dict], **kwargs) -> dict:
 
 @dataclass
 class Table:
-    """One printed table: a title, column names, rows of cells (numbers or text), notes under it."""
+    """One printed table: a title, column names, rows of cells (numbers, text, or lists of them), notes under
+    it. ``formats`` gives a column's number format (e.g. ``".3f"``) where the default 3 significant digits
+    are too few; the results' JSON keeps every value at full precision."""
 
     title: str
     columns: list[str]
     rows: list[list[Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    formats: dict[str, str] = field(default_factory=dict)
 
     def add(self, *cells: Any) -> None:
         if len(cells) != len(self.columns):
@@ -149,15 +152,22 @@ class Table:
         self.rows.append(list(cells))
 
     @staticmethod
-    def cell(value: Any) -> str:
+    def cell(value: Any, fmt: str | None = None) -> str:
+        if isinstance(value, (list, tuple)):
+            return ", ".join(Table.cell(v, fmt) for v in value)
         if isinstance(value, float):
+            if fmt:
+                return format(value, fmt)
             return f"{value:.3g}" if abs(value) < 1000 else f"{value:.0f}"
         return str(value)
+
+    def cells(self, row: list[Any]) -> list[str]:
+        return [self.cell(c, self.formats.get(name)) for name, c in zip(self.columns, row)]
 
     def markdown(self) -> str:
         lines = [f"### {self.title}", "", "| " + " | ".join(self.columns) + " |",
                  "|" + "---|" * len(self.columns)]
-        lines += ["| " + " | ".join(self.cell(c) for c in row) + " |" for row in self.rows]
+        lines += ["| " + " | ".join(self.cells(row)) + " |" for row in self.rows]
         lines += [""] + [f"- {n}" for n in self.notes]
         return "\n".join(lines) + "\n"
 
@@ -169,7 +179,7 @@ class Table:
         for c in self.columns:
             table.add_column(c)
         for row in self.rows:
-            table.add_row(*(self.cell(c) for c in row))
+            table.add_row(*self.cells(row))
         console = Console(width=max(120, sum(len(c) + 3 for c in self.columns)))
         console.print(table)
         for n in self.notes:

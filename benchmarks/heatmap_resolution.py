@@ -46,7 +46,7 @@ def step_cost(overrides: list[str], device: str, repeats: int) -> dict:
 
     from benchmarks.common import startup, synchronize
     from benchmarks.overhead import compose
-    from hrexp.training.train_run import build_run
+    from hrexp.jobs.train_run import build_run
 
     startup()
     dev = torch.device(device)
@@ -80,7 +80,7 @@ def step_cost(overrides: list[str], device: str, repeats: int) -> dict:
 def accuracy(overrides: list[str], out: Path) -> dict:
     """Train with ``overrides`` (train.py's run, in this process) and return its MRE numbers."""
     from benchmarks.overhead import compose
-    from hrexp.training.train_run import train
+    from hrexp.jobs.train_run import train
 
     record = train(compose(overrides, out))
     best = record.best.get("val/mre")

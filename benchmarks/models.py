@@ -9,12 +9,16 @@ ratios more than the absolute times; times are medians over repeats):
    over the 4 branches of mean(f**2), backward, AdamW) and its peak memory; the scratch model also
    in channels_last. The three are timed in one process, called in turn (A B C, C B A, ...), so that
    drift of the machine hits them alike; each one's peak memory comes from a process of its own.
+   Each cell also checks that the two are the same network: timm's weights loaded into the scratch
+   model (``load_timm_hrnet_state_dict``), both outputs on one input must agree in value
+   (``torch.allclose``), not only in shape.
 2. Inference latency of HRNet-W32 + ``HeatmapHead`` (``head(backbone(x))`` as hrexp's module does),
    batch 1 and 32: eager and channels_last (called alternately), and ``torch.compile`` (default
    mode; on CUDA always, on CPU only with ``--compile``).
 3. Scaling of the W32 + HeatmapHead training step (MSE against random heatmaps, AdamW) with the
-   input size (256..768 square, 40 landmarks) and the landmark count (17..200 at 256x256): step
-   time, peak memory, and the time of backbone (fwd + bwd), head + loss (fwd + bwd) and optimizer
+   input size (256..768 square, 40 landmarks) and the landmark count (17..200 at 256x256): the
+   heatmaps the model outputs (K x h x w), step time, peak memory, and the time of backbone (fwd +
+   bwd), head + loss (fwd + bwd) and optimizer
    from steps timed part by part (the head reads detached features, then the backbone's backward
    runs from their gradients: the same work as a step).
 
@@ -97,6 +101,29 @@ def memory_worker(kind: str, width: int, size: tuple[int, int], batch: int, chan
     return {**_mem_peak(dev, mark), "shapes": [list(f.shape) for f in outputs]}
 
 
+def same_weights_outputs(width: int, size: tuple[int, int], device: str) -> dict:
+    """Table 1's check that scratch and timm HRNet are the same network: timm's (random) weights loaded
+    into the scratch model, both run on one input (training mode: batch statistics, so activations are
+    O(1) whatever the running statistics; no_grad). ``allclose``: ``torch.allclose`` of every branch
+    (rtol 1e-4, atol 1e-5 x the branch's largest value); ``rel_diff``: the largest ``|scratch - timm|``
+    over the largest ``|timm|``, over the branches."""
+    from hrexp.models.hrnet import load_timm_hrnet_state_dict
+
+    dev = torch.device(device)
+    timm_model = _backbone("timm", width, dev, False)
+    scratch = _backbone("scratch", width, dev, False)
+    load_timm_hrnet_state_dict(scratch, timm_model.model.state_dict())
+    torch.manual_seed(1)
+    x = torch.randn(2, 3, *size, device=dev)
+    with torch.no_grad():
+        ours, theirs = scratch(x), timm_model(x)
+    if [o.shape for o in ours] != [t.shape for t in theirs]:
+        return {"allclose": False, "rel_diff": float("inf")}
+    close = all(torch.allclose(o, t, rtol=1e-4, atol=1e-5 * float(t.abs().max())) for o, t in zip(ours, theirs))
+    diff = max(float((o - t).abs().max() / t.abs().max()) for o, t in zip(ours, theirs))
+    return {"allclose": close, "rel_diff": diff}
+
+
 def _backbone(kind: str, width: int, dev: torch.device, channels_last: bool) -> nn.Module:
     torch.manual_seed(0)
     if kind == "timm":
@@ -157,10 +184,14 @@ def scaling_worker(size: int, num_outputs: int, batch: int, warmup: int, repeats
     mse = nn.functional.mse_loss
     opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
     mark = _mem_mark(dev)
+    shape = None
 
     def step() -> None:
+        nonlocal shape
         opt.zero_grad(set_to_none=True)
-        mse(model(x), target).backward()
+        heatmaps = model(x)
+        shape = list(heatmaps.shape[1:])
+        mse(heatmaps, target).backward()
         opt.step()
 
     step_s = seconds_per_call(step, dev, warmup, repeats)
@@ -186,7 +217,7 @@ def scaling_worker(size: int, num_outputs: int, batch: int, warmup: int, repeats
         parts["backbone"].append(t1 - t0 + t3 - t2)
         parts["head"].append(t2 - t1)
         parts["optimizer"].append(t4 - t3)
-    return {**result, "step_s": step_s, **{f"{part}_s": v for part, v in parts.items()}}
+    return {**result, "step_s": step_s, "heatmaps": shape, **{f"{part}_s": v for part, v in parts.items()}}
 
 
 # --- the tables ------------------------------------------------------------------------------------
@@ -233,12 +264,13 @@ def scratch_vs_timm(args, s: dict) -> Table:
     t = Table("Scratch HRNet vs timm HRNet",
               ["width", "input", "batch", "scratch layout", "scratch fwd ms", "timm fwd ms", "fwd ratio",
                "scratch step ms", "timm step ms", "step ratio", "scratch peak MB", "timm peak MB",
-               "memory ratio"])
+               "memory ratio", "same outputs (timm weights)", "output rel. diff"])
     variants = {"NCHW": ("scratch", False), "channels_last": ("scratch", True), "timm": ("timm", False)}
     ratios: dict[str, list[float]] = {"fwd": [], "step": [], "memory": [], "cl fwd": [], "cl step": []}
     shape_notes = []
     for width in s["widths"]:
         for size in s["sizes"]:
+            same = same_weights_outputs(width, size, str(args.device))
             times = [_measure(timing_worker, args, variants=variants, width=width, size=size, batch=s["batch"],
                               warmup=s["warmup"], repeats=s["repeats"]) for _ in range(s["rounds"])]
             memory = {v: _measure(memory_worker, args, kind=kind, width=width, size=size, batch=s["batch"],
@@ -250,7 +282,7 @@ def scratch_vs_timm(args, s: dict) -> Table:
                 a = m[layout]
                 t.add(f"W{width}", f"{size[0]}x{size[1]}", s["batch"], layout, a["fwd"], tm["fwd"],
                       a["fwd"] / tm["fwd"], a["step"], tm["step"], a["step"] / tm["step"], a["mem"],
-                      tm["mem"], _ratio(a["mem"], tm["mem"]))
+                      tm["mem"], _ratio(a["mem"], tm["mem"]), same["allclose"], same["rel_diff"])
             ratios["fwd"].append(m["NCHW"]["fwd"] / tm["fwd"])
             ratios["step"].append(m["NCHW"]["step"] / tm["step"])
             ratios["memory"].append(_ratio(m["NCHW"]["mem"], tm["mem"]))
@@ -273,6 +305,9 @@ def scratch_vs_timm(args, s: dict) -> Table:
         "scratch channels_last / NCHW, median over cells: fwd x{:.3g}, step x{:.3g} (< 1: channels_last "
         "helps)".format(median(ratios["cl fwd"]), median(ratios["cl step"])),
         "output shapes: " + ("; ".join(shape_notes) or "scratch and timm identical in every cell"),
+        "same outputs: timm's weights loaded into the scratch model, both on one batch of 2 (training-mode "
+        "BatchNorm, no_grad): torch.allclose of every branch (rtol 1e-4, atol 1e-5 x its largest value); "
+        "rel. diff = largest |scratch - timm| / largest |timm|",
     ]
     return t
 
@@ -321,8 +356,8 @@ def inference(args, s: dict) -> Table:
 
 def scaling(args, s: dict) -> Table:
     t = Table("Scaling, HRNet-W32 + heatmap head training step",
-              ["sweep", "input", "landmarks", "batch", "step ms", "step x", "peak MB", "memory x",
-               "backbone ms", "head+loss ms", "optimizer ms", "backbone %", "head+loss %"])
+              ["sweep", "input", "landmarks", "batch", "heatmaps (K x h x w)", "step ms", "step x", "peak MB",
+               "memory x", "backbone ms", "head+loss ms", "optimizer ms", "backbone %", "head+loss %"])
     cache: dict[tuple[int, int], dict] = {}
     sweeps = {"input size": [(n, SIZE_SWEEP_LANDMARKS) for n in s["scale_sizes"]],
               "landmarks": [(s["k_size"], k) for k in s["scale_k"]]}
@@ -333,11 +368,12 @@ def scaling(args, s: dict) -> Table:
                 r = _measure(scaling_worker, args, size=size, num_outputs=k, batch=s["batch"],
                              warmup=s["warmup"], repeats=s["repeats"])
                 cache[size, k] = {"step": _ms([r], "step_s"), "mem": _peak_mb(r),
+                                  "heatmaps": " x ".join(str(v) for v in r["heatmaps"]),
                                   **{p: _ms([r], f"{p}_s") for p in ("backbone", "head", "optimizer")}}
             rows.append(c := cache[size, k])
             parts = c["backbone"] + c["head"] + c["optimizer"]
-            t.add(sweep, f"{size}x{size}", k, s["batch"], c["step"], c["step"] / rows[0]["step"], c["mem"],
-                  _ratio(c["mem"], rows[0]["mem"]), c["backbone"], c["head"], c["optimizer"],
+            t.add(sweep, f"{size}x{size}", k, s["batch"], c["heatmaps"], c["step"], c["step"] / rows[0]["step"],
+                  c["mem"], _ratio(c["mem"], rows[0]["mem"]), c["backbone"], c["head"], c["optimizer"],
                   100 * c["backbone"] / parts, 100 * c["head"] / parts)
         (n0, k0), (n1, k1) = configs[0], configs[-1]
         span = (f"{n0} -> {n1} (pixels x{(n1 / n0) ** 2:.3g})" if sweep == "input size"

@@ -95,7 +95,7 @@ def throughput_worker(workload: str, model: str, size: tuple[int, int], override
     from benchmarks.common import rss_mb, startup
     from benchmarks.overhead import StepStarts, compose
     from hrexp.models.complexity import count_macs
-    from hrexp.training.train_run import build_run
+    from hrexp.jobs.train_run import build_run
 
     startup(threads)
     ResetPeakAt = _reset_peak_callback()
@@ -119,14 +119,31 @@ def throughput_worker(workload: str, model: str, size: tuple[int, int], override
         t0 = time.perf_counter()
         run.trainer.fit(run.module, train_dataloaders=loader)
         wall = time.perf_counter() - t0
+        as_run = _as_run(run)
+    images = int(first["image"].shape[0])  # the batch the loader really made, not the one asked for
     s = timer.starts
     times = [b - a for a, b in zip(s[warmup:warmup + steps], s[warmup + 1:warmup + steps + 1])]
     if dev.type == "cuda":  # from the first timed step: after compiling and the optimizer's first allocation
         peak_mb = torch.cuda.max_memory_allocated(dev) / 2**20
     else:
         peak_mb = rss_mb()  # the process's high-water mark: model, optimizer state, activations
-    return {"step_s": median(times), "images_per_s": batch / median(times), "peak_mb": peak_mb, "macs": macs,
-            "fit_wall_s": wall, "first_steps_s": s[warmup] - s[0] if len(s) > warmup else float("nan")}
+    return {"step_s": median(times), "images_per_s": images / median(times), "peak_mb": peak_mb, "macs": macs,
+            "fit_wall_s": wall, "first_steps_s": s[warmup] - s[0] if len(s) > warmup else float("nan"),
+            "as_run": as_run}
+
+
+def _as_run(run) -> str:
+    """What the fitted run really used: the Trainer's precision, the weights' memory layout, compiled or
+    not (a variant whose overrides did not take shows here, not as a mislabelled row)."""
+    import torch
+
+    weight = next(p for p in run.module.backbone.parameters() if p.dim() == 4)
+    layout = "channels_last" if (weight.is_contiguous(memory_format=torch.channels_last)
+                                 and not weight.is_contiguous()) else "NCHW"
+    parts = [str(run.trainer.precision), layout]
+    if run.module.speed.compiling:
+        parts.append("compiled")
+    return ", ".join(parts)
 
 
 def _reset_peak_callback():
@@ -179,7 +196,7 @@ def run(args) -> list[Table]:
         model = "hrnet_w18" if smoke else "hrnet_w32"
         table = Table(f"Training throughput: {model} {workload}, {size[0]}x{size[1]}, batch {batch}, "
                       f"{device_name}", ["variant", "images/s", "step ms", "x fp32", "peak memory MB",
-                                         "MFU %", "first steps s"])
+                                         "MFU %", "first steps s", "as run"])
         results = {name: in_fresh_process(throughput_worker, workload=workload, model=model, size=size, overrides=overrides,
                                           device=str(args.device), warmup=warmup, steps=steps, batch=batch,
                                           threads=args.threads)
@@ -189,13 +206,14 @@ def run(args) -> list[Table]:
         for name, r in results.items():
             mfu = 100 * 3 * macs * 2 * r["images_per_s"] / (peak * 1e12) if peak and macs else None
             table.add(name, r["images_per_s"], 1000 * r["step_s"], r["images_per_s"] / ref["images_per_s"],
-                      r["peak_mb"], "-" if mfu is None else mfu, r["first_steps_s"])
+                      r["peak_mb"], "-" if mfu is None else mfu, r["first_steps_s"], r["as_run"])
         table.notes.append(f"forward: {macs / 1e9:.2f} G multiply-adds per image; MFU = 3 x that x 2 x images/s / "
                            + (f"{peak:g} TFLOP/s (dense bf16 peak)" if peak else "the device's bf16 peak (not "
                               "known for this device: --peak-tflops)"))
         table.notes.append(f"median of {steps} steps after {warmup} untimed ones (which compile, where compiled: "
                            "'first steps s'); data in memory. Peak memory: max_memory_allocated on a GPU, the "
-                           "process's peak RSS on a CPU.")
+                           "process's peak RSS on a CPU. images/s: the loader's real batch size over the median "
+                           "step. as run: the fitted Trainer's precision, the backbone weights' layout, compiled.")
         if workload == "pose":
             table.notes.append("reference: mmpose publishes about 120 images/s per V100 for HRNet-W32 at 256x192.")
         tables.append(table)

@@ -1,6 +1,9 @@
-"""The benchmark suite still runs: each benchmark's smoke mode (a few steps at tiny sizes) writes its
-tables, and the numbers in them are consistent (ratios are the quotients of their columns). Timings
-are never asserted: CI machines are noisy."""
+"""The benchmark suite still runs, and each smoke run (a few steps at tiny sizes) shows what its tables
+claim where that can be checked without timing: scratch and timm HRNet give the same outputs with the
+same weights; the overhead ratios are each round's quotient of two separately measured times, their
+median the median of those, the rounds alternating, and the epoch row's two sides did the same work;
+sweeps and variants really ran what their rows name (heatmap shapes, precision and layout, batch).
+Timings themselves are never asserted: CI machines are noisy."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import math
 import subprocess
 import sys
 
+import numpy as np
 import pytest
 
 from tests.helpers import ROOT, run_script
@@ -28,6 +32,11 @@ def _column(table: dict, name: str) -> list:
     return [row[i] for row in table["rows"]]
 
 
+def _rows(table: dict) -> dict[str, dict]:
+    """Each row as {column: cell}, keyed by its first cell."""
+    return {row[0]: dict(zip(table["columns"], row)) for row in table["rows"]}
+
+
 @pytest.fixture(scope="module")
 def smoke_results(tmp_path_factory, cache_dir):
     out = tmp_path_factory.mktemp("bench")
@@ -39,11 +48,31 @@ def smoke_results(tmp_path_factory, cache_dir):
 
 
 def test_overhead_smoke(smoke_results):
-    (table,) = _tables(smoke_results, "overhead")
-    hrexp_ms, plain_ms, ratio = (_column(table, c)[0] for c in
-                                 ("hrexp step ms (median)", "plain step ms (median)", "ratio"))
-    assert hrexp_ms > 0 and plain_ms > 0
-    assert math.isclose(ratio, hrexp_ms / plain_ms, rel_tol=1e-9)
+    overhead, work = _tables(smoke_results, "overhead")
+    rows = _rows(overhead)
+    assert list(rows) == ["training step", "epoch"]
+    for name, row in rows.items():
+        ratios, hrexp_ms, plain_ms = row["ratio per round"], row["hrexp ms per round"], row["plain ms per round"]
+        assert len(ratios) == len(hrexp_ms) == len(plain_ms) == 3, name  # smoke: 3 rounds
+        assert all(math.isfinite(v) and v > 0 for v in ratios + hrexp_ms + plain_ms), name
+        # Each round's ratio is the quotient of the two sides' own times, measured apart (not one number twice).
+        assert ratios == pytest.approx([h / p for h, p in zip(hrexp_ms, plain_ms)], rel=1e-9), name
+        assert hrexp_ms != plain_ms, name
+        # The headline and its spread are those of the per-round ratios.
+        assert row["ratio (median of rounds)"] == pytest.approx(float(np.median(ratios)), rel=1e-12), name
+        q1, q3 = np.percentile(ratios, [25, 75])
+        assert [row["ratio min"], row["ratio q1"], row["ratio q3"], row["ratio max"]] == pytest.approx(
+            [min(ratios), q1, q3, max(ratios)], rel=1e-12), name
+        # hrexp first in odd rounds, plain first in even ones.
+        assert row["first per round"] == ["hrexp", "plain", "hrexp"], name
+        assert any(n.startswith(f"{name}: target ratio <= 1.02: ") for n in overhead["notes"]), name
+    # The epoch row's two sides did the same work: 2 steps, 1 validation batch, 3 checkpoint files each
+    # (resumable last + best val loss + best val metric), of about the same size.
+    did = _rows(work)
+    for side in ("hrexp", "plain"):
+        assert (did[side]["training steps"], did[side]["val batches"], did[side]["checkpoint files"]) == (2, 1, 3), side
+    assert did["hrexp"]["checkpoint MB"] > 0
+    assert did["hrexp"]["checkpoint MB"] == pytest.approx(did["plain"]["checkpoint MB"], rel=0.05)
 
 
 def test_data_pipeline_smoke(smoke_results):
@@ -51,44 +80,58 @@ def test_data_pipeline_smoke(smoke_results):
     sources = set(_column(table, "source"))
     assert any(s.startswith("made") for s in sources)
     assert _column(table, "workers")[:2] == [0, 1]
-    columns = ("data samples/s", "data samples/s (cache)", "model samples/s", "data (cache) / model")
-    for plain, cached, model, ratio in zip(*(_column(table, c) for c in columns)):
-        assert plain > 0 and cached > 0 and model > 0 and math.isclose(ratio, cached / model, rel_tol=1e-9)
+    columns = ("data samples/s", "data samples/s (cache)", "model samples/s", "target encode ms/batch")
+    for values in zip(*(_column(table, c) for c in columns)):
+        assert all(math.isfinite(v) and v > 0 for v in values)
+    # The "(cache)" columns really read a filled cache: the pass before them stored reduced images.
+    assert all(n >= 1 for n in _column(table, "cache entries"))
 
 
 def test_heatmap_resolution_smoke(smoke_results):
     (cost,) = _tables(smoke_results, "heatmap_resolution")
     (acc,) = _tables(smoke_results, "heatmap_resolution_accuracy")
     quarter, full = _column(cost, "targets (K x h x w)")
-    # 40 landmarks; 1/4 resolution of the 64x64 smoke input against the full input.
+    # 40 landmarks; 1/4 resolution of the 64x64 smoke input against the full input (the models' real outputs).
     assert (quarter, full) == ("40 x 16 x 16", "40 x 64 x 64")
-    assert _column(cost, "step ratio")[0] == 1.0
-    assert all(v > 0 for v in _column(acc, "best val MRE px"))
+    assert all(math.isfinite(v) and v > 0 for v in _column(cost, "step s"))
+    mre = _column(acc, "best val MRE px")
+    assert all(math.isfinite(v) and v > 0 for v in mre + _column(acc, "test MRE px"))
+    # Same seed, same data, same steps: only the heatmap resolution differs, so the two runs cannot agree
+    # to the last digit unless the variant's overrides did not take.
+    assert mre[0] != mre[1]
 
 
 def test_models_smoke(smoke_results):
     (scratch_timm,), (latency,), (scaling,) = (_tables(smoke_results, f"models_{name}")
                                                 for name in ("scratch_timm", "latency", "scaling"))
+    # Scratch and timm HRNet are the same network: with timm's weights loaded, equal outputs in value.
+    assert scratch_timm["rows"]
     for row in scratch_timm["rows"]:
         cells = dict(zip(scratch_timm["columns"], row))
-        assert math.isclose(cells["step ratio"], cells["scratch step ms"] / cells["timm step ms"], rel_tol=1e-9)
-        assert math.isclose(cells["fwd ratio"], cells["scratch fwd ms"] / cells["timm fwd ms"], rel_tol=1e-9)
-    assert any("identical in every cell" in n for n in scratch_timm["notes"])  # same network, same outputs
+        assert cells["same outputs (timm weights)"] is True, cells
+        assert 0 <= cells["output rel. diff"] < 1e-5, cells
+    assert any("identical in every cell" in n for n in scratch_timm["notes"])  # and the same shapes
     assert _column(latency, "compile ms")[0].startswith("not run")  # CPU without --compile
-    assert _column(scaling, "step x")[0] == 1.0
+    # Each sweep ran what its rows name: the heatmaps the model output (K x input/4 x input/4).
+    shapes = {(r[0], r[1], r[2]): r[scaling["columns"].index("heatmaps (K x h x w)")] for r in scaling["rows"]}
+    assert shapes == {("input size", "64x64", 40): "40 x 16 x 16", ("input size", "96x96", 40): "40 x 24 x 24",
+                      ("landmarks", "64x64", 17): "17 x 16 x 16", ("landmarks", "64x64", 40): "40 x 16 x 16"}
 
 
 def test_throughput_smoke(smoke_results):
     pose, landmarks = _tables(smoke_results, "throughput")
     for table in (pose, landmarks):
-        cells = {row[0]: dict(zip(table["columns"], row)) for row in table["rows"]}
+        cells = _rows(table)
         # On a CPU: the fp32 reference, bf16 autocast and channels_last; compile only with --compile.
         assert list(cells) == ["fp32 (reference)", "bf16-mixed", "bf16-mixed + channels_last"]
-        ref = cells["fp32 (reference)"]["images/s"]
+        # Each variant's fitted run used what its name says.
+        assert [row["as run"] for row in cells.values()] == ["32-true, NCHW", "bf16-mixed, NCHW",
+                                                             "bf16-mixed, channels_last"]
         for row in cells.values():
-            assert math.isclose(row["images/s"], 2 / (row["step ms"] / 1000), rel_tol=1e-9)  # batch 2
-            assert math.isclose(row["x fp32"], row["images/s"] / ref, rel_tol=1e-9)
+            # images/s counts the batch the loader really made: the smoke run's batch of 2.
+            assert math.isclose(row["images/s"], 2 / (row["step ms"] / 1000), rel_tol=1e-9)
             assert row["MFU %"] == "-"  # no bf16 peak known for a CPU
+            assert math.isfinite(row["peak memory MB"]) and row["peak memory MB"] > 0
     assert "pose" in pose["title"] and "landmarks" in landmarks["title"]
 
 
@@ -114,7 +157,6 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     # the refined variant's predictions.csv carries stage 1's points; their errors give the report's coarse MRE
     import csv
 
-    import numpy as np
     (refined,) = [p for p in tmp_path.glob("refine_*") if not p.name.endswith("_stage1")]
     with open(refined / "eval" / "predictions.csv", newline="") as fh:
         predictions = list(csv.DictReader(fh))
