@@ -78,6 +78,16 @@ class ImagePreparer:
         return default_collate(samples)
 
 
+def class_default(cls: type, name: str) -> Any:
+    """The default of the constructor argument ``name`` of ``cls`` (the nearest class of its MRO that takes it with
+    a default); ``inspect.Parameter.empty`` when none does. What an older stored config lacks is read from here."""
+    for klass in cls.__mro__:
+        parameter = inspect.signature(klass.__init__).parameters.get(name)
+        if parameter is not None and parameter.default is not inspect.Parameter.empty:
+            return parameter.default
+    return inspect.Parameter.empty
+
+
 class HRExpDataModule(LightningDataModule):
     """Base of every hrexp datamodule (see the module docstring for the hooks).
 
@@ -196,10 +206,9 @@ class HRExpDataModule(LightningDataModule):
         value = OmegaConf.select(run_cfg, f"data.{name}", default=inspect.Parameter.empty)
         if value is not inspect.Parameter.empty:
             return OmegaConf.to_object(value) if OmegaConf.is_config(value) else value
-        for klass in cls.__mro__:
-            parameter = inspect.signature(klass.__init__).parameters.get(name)
-            if parameter is not None and parameter.default is not inspect.Parameter.empty:
-                return parameter.default
+        default = class_default(cls, name)
+        if default is not inspect.Parameter.empty:
+            return default
         raise ConfigError(f"the checkpoint's config has no data.{name}, and {cls.__name__} has no default for it")
 
     # ------------------------------------------------------------------ Lightning hooks

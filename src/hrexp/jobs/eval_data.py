@@ -25,6 +25,7 @@ from typing import Any, Mapping, NoReturn
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue
 
+from hrexp.data.datamodule import class_default
 from hrexp.errors import ConfigError
 from hrexp.utils.config_store import CHECKPOINT_DATA, CHECKPOINT_DATA_TARGET
 
@@ -100,19 +101,6 @@ def data_class(config: Mapping[str, Any]) -> type | None:
         return None
 
 
-def class_options(cls: type | None) -> dict[str, Any]:
-    """Keyword arguments of ``cls`` and its bases (their defaults; ``inspect.Parameter.empty`` when required)."""
-    options: dict[str, Any] = {}
-    for klass in reversed(cls.__mro__ if cls is not None else ()):
-        init = klass.__dict__.get("__init__")
-        if init is None or klass is object:
-            continue
-        for name, parameter in inspect.signature(init).parameters.items():
-            if name != "self" and parameter.kind not in (parameter.VAR_POSITIONAL, parameter.VAR_KEYWORD):
-                options[name] = parameter.default
-    return options
-
-
 def model_keys(cls: type | None) -> tuple[str, ...]:
     """The data keys the trained network depends on: the family's input size (``input_size_option``) and
     :data:`MODEL_KEYS`."""
@@ -125,7 +113,7 @@ def stored_value(stored: Mapping[str, Any], cls: type | None, key: str) -> tuple
     stored fewer keys)."""
     if key in stored:
         return True, stored[key]
-    default = class_options(cls).get(key, inspect.Parameter.empty)
+    default = class_default(cls, key) if cls is not None else inspect.Parameter.empty
     if default is inspect.Parameter.empty:
         return False, None
     return True, list(default) if isinstance(default, tuple) else default
