@@ -11,16 +11,17 @@ report (``report.json``). ``refine`` is the codec with the best validation MRE a
 variants (not the test one) plus ``refine=native``, in two runs that share the same time: stage 1 alone
 for half of it, then the refiner alone (stage 1 frozen, jitter = stage 1's val MRE) for the other half.
 Two runs, not one joint run: a joint run's stage 1 learns less in the same time, and a refiner cannot
-correct errors beyond its patch (docs/results/high_resolution.md, the 15-minute pair).
+correct errors beyond its patch (docs/results/high_resolution.md, the 15-minute pair). The lr decays over
+each run's time (callbacks.time_budget). The table goes to ``docs/results/high_resolution.json`` and
+``.table.md`` (command, commit, machine, date, steps and epochs of each row); high_resolution.md quotes it.
 """
 
 from __future__ import annotations
 
 import argparse
-from datetime import date
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, train_refiner, write_table
+from timed_runs import COLUMNS, CPU, RESULTS, ROOT, train_and_eval, train_refiner, write_results
 
 # The CPU recipe of this comparison, the same for every variant: a 256x128 input (a heatmap cell spans
 # ~37 original px of a 2360 px tall X-ray, the regime the codecs and the refinement are for) so that
@@ -39,7 +40,7 @@ VARIANTS = {  # name -> overrides of experiment=aasce_hrnet_w32
 }
 REFINE = ["refine=native", "task.refine.patch_size=96", "task.refine.scale=0.5", "task.refine.train_patches=8",
           "task.refine.train_stage1=false", "task.refine.jitter_px=auto"]
-TABLE = ("variant", "overrides", "train_min", "best_val_mre", *COLUMNS, "cobb_smape", "coarse_mre")
+TABLE = ("variant", "overrides", "train_min", "steps", "epochs", "best_val_mre", *COLUMNS, "cobb_smape", "coarse_mre")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -47,11 +48,14 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--variants", nargs="+", default=[*CODECS, "refine"], choices=[*CODECS, "refine"])
     parser.add_argument("--minutes", type=float, default=15.0, help="training time per variant")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "high_resolution")
-    parser.add_argument("--table", type=Path, default=None, help="results table (default: <out>/table.md)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where the table goes as high_resolution.json / .table.md (default: docs/results; --smoke: --out)")
     parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic data (checks it starts)")
     args = parser.parse_args(argv)
-    note = ("scripts/high_resolution.py --smoke: SMOKE RUN (synthetic data, 2 steps), not a result" if args.smoke else
-            f"scripts/high_resolution.py: {args.minutes:g} min of training per variant, {date.today()}")
+    notes = (["SMOKE RUN (synthetic data, 2 steps), not a result"] if args.smoke else
+             [f"{args.minutes:g} min of training per variant (trainer.max_time; the lr decays over it), the refined "
+              "variant half for stage 1 and half for the refiner", "test split of AASCE (128 images), original px"])
+    results = args.results or (args.out if args.smoke else RESULTS)
     rows = []
     for name in args.variants:
         if name == "refine":
@@ -65,7 +69,8 @@ def main(argv: list[str] | None = None) -> int:
         else:
             rows.append(train_and_eval(name, "aasce_hrnet_w32", VARIANTS[name], args.out, args.minutes, args.smoke,
                                        RECIPE))
-        write_table(rows, TABLE, args.table or args.out / "table.md", note)
+        write_results("high_resolution", "Codecs and refinement on AASCE at equal CPU time", rows, TABLE, results,
+                      notes)
     return 0
 
 

@@ -11,17 +11,17 @@ Cobb SMAPE), ``hrexp.compare`` compares the runs, and ``<out>/sdr_curve.png`` dr
 curve. ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec
 than gaussian, a run of its own), then ``experiment=spine_hrnet_w32_best`` trains only the refiner on that
 frozen stage 1 (half of ``--minutes`` in the reduced version); its training time is the sum of both. The
-table goes to ``<out>/table.md``; docs/results/spine_aasce.md quotes it with the machine and date.
+table goes to ``docs/results/spine_table.json`` and ``.table.md`` (command, commit, machine, date, steps and
+epochs of each row); docs/results/spine_aasce.md quotes it.
 """
 
 from __future__ import annotations
 
 import argparse
 import csv
-from datetime import date
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, ROOT, train_and_eval, train_refiner, write_table
+from timed_runs import COLUMNS, CPU, RESULTS, ROOT, train_and_eval, train_refiner, write_results
 
 MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best")
 # The reduced CPU recipe: half the input (a vertebra 20 px tall), batch 4, lr 1e-3 after a 100-step warmup
@@ -33,7 +33,7 @@ REDUCED = [*CPU, "data.image_size=[512,192]", "data.batch_size=4", "optimizer.lr
 BEST_CODEC = "gaussian"
 FULL: list[str] = []  # the experiments as they are (sized for a GPU)
 # sdr_24: the plan's SDR@24px (original px), beside the radii relative to the height
-TABLE = ("variant", "params_M", "macs_G", "train_min", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
+TABLE = ("variant", "params_M", "macs_G", "train_min", "steps", "epochs", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -43,11 +43,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--full", action="store_true", help="the full recipe of experiment/spine_*.yaml (a GPU)")
     parser.add_argument("--out", type=Path, default=ROOT / "logs" / "spine_table")
     parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic data (checks it starts)")
+    parser.add_argument("--results", type=Path, default=None,
+                        help="where the table goes as spine_table.json / .table.md (default: docs/results; --smoke: --out)")
     args = parser.parse_args(argv)
     recipe = FULL if args.full else REDUCED
-    note = ("scripts/spine_table.py --smoke: SMOKE RUN (synthetic data), not a result" if args.smoke else
-            f"scripts/spine_table.py {'--full' if args.full else f'(reduced CPU version: 512x192, {args.minutes:g} min each, the refiner half of it)'}, "
-            f"{date.today()}")
+    notes = (["SMOKE RUN (synthetic data), not a result"] if args.smoke else
+             ["the full recipe (experiment/spine_*.yaml)" if args.full else
+              f"reduced CPU version: 512x192, {args.minutes:g} min of training each (trainer.max_time; the lr decays "
+              "over it), the refiner half of it", "test split of AASCE (128 images), original px"])
+    results = args.results or (args.out if args.smoke else RESULTS)
     rows = []
     for model in args.models:
         minutes = None if args.full else args.minutes  # the full recipe runs its epochs
@@ -60,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         else:
             row = train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe)
         rows.append(row)
-        write_table(rows, TABLE, args.out / "table.md", note)
+        write_results("spine_table", "The reference plan's comparison on AASCE", rows, TABLE, results, notes)
     # every model's SDR curve on one plot, from the errors of its eval's predictions.csv
     from hrexp.reports.eval_plots import sdr_curve
 

@@ -1,16 +1,22 @@
-"""What the result scripts share (high_resolution.py, spine_table.py): train one experiment variant for a
-fixed wall time, score its best checkpoint with eval.py on the test split, and write a Markdown table.
+"""What the result scripts share (high_resolution.py, spine_table.py, ceph_table.py): train one experiment variant
+for a fixed wall time, score its best checkpoint with eval.py, and write the table as JSON and Markdown into
+docs/results/ with the command, commit, machine, date and each row's step and epoch counts.
 Finished variants are reused, so a comparison that spans hours can be continued by calling it again."""
 
 from __future__ import annotations
 
 import json
+import os
+import platform
+import shlex
 import subprocess
 import sys
+from datetime import datetime, timezone
 from pathlib import Path
-from typing import Sequence
+from typing import Any, Sequence
 
 ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "docs" / "results"
 # The CPU recipe: batch 2, no loader workers (they would take the model's cores), time-bounded.
 CPU = ["data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1000", "callbacks.progress_bar=null"]
 # --smoke: the same commands on a tiny synthetic set, one short epoch, to check a script still starts.
@@ -48,6 +54,7 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     return {"variant": name, "overrides": " ".join(overrides), "checkpoint": ckpt,
             "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
             "train_min": float(record.get("train_time_s") or 0.0) / 60,
+            "steps": record.get("trained_steps"), "epochs": record.get("trained_epochs"),
             "best_val_mre": record["best"]["val/mre"]["value"], **facts["overall"],
             "coarse_mre": (facts.get("coarse") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
 
@@ -59,6 +66,7 @@ def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: 
     row = train_and_eval(name, experiment, [*overrides, f"task.refine.stage1_ckpt={stage1['checkpoint']}"], out, minutes,
                          smoke, recipe)
     row["train_min"] += stage1["train_min"]
+    row["stage1_steps"], row["stage1_epochs"] = stage1.get("steps"), stage1.get("epochs")
     return row
 
 
@@ -68,13 +76,70 @@ def max_time(minutes: float) -> str:
     return f"{seconds // 86400:02d}:{seconds // 3600 % 24:02d}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def write_table(rows: Sequence[dict], columns: Sequence[str], path: Path, note: str) -> None:
-    """The rows as a Markdown table (4 significant digits) under a comment saying how it was made; printed too."""
+def commit() -> str:
+    """The checked-out commit, ``-dirty`` when tracked files differ from it."""
+    head = subprocess.run(["git", "rev-parse", "--short=12", "HEAD"], cwd=ROOT, capture_output=True, text=True)
+    if head.returncode != 0:
+        return "unknown (not a git checkout)"
+    dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT, capture_output=True,
+                           text=True).stdout.strip()
+    return head.stdout.strip() + ("-dirty" if dirty else "")
+
+
+def machine() -> str:
+    """CPU model, cores, torch threads and GPU, as one line."""
+    import torch
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                cpu = line.split(":", 1)[1].strip()
+                break
+    except OSError:
+        pass
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return f"{cpu}, {os.cpu_count()} cores, torch {torch.__version__} with {torch.get_num_threads()} threads, {gpu}"
+
+
+def markdown_table(rows: Sequence[dict], columns: Sequence[str]) -> list[str]:
+    """The rows as Markdown table lines, 4 significant digits."""
     lines = ["| " + " | ".join(columns) + " |", "|" + "---|" * len(columns)]
     for row in rows:
         cells = [f"{row.get(c):.4g}" if isinstance(row.get(c), float) else ("" if row.get(c) is None else str(row.get(c)))
                  for c in columns]
         lines.append("| " + " | ".join(cells) + " |")
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(f"<!-- written by {note} -->\n\n" + "\n".join(lines) + "\n")
-    print("\n".join(lines))
+    return lines
+
+
+def write_results(name: str, title: str, rows: Sequence[dict], columns: Sequence[str], out: Path,
+                  notes: Sequence[str] = (), tables: dict[str, tuple[Sequence[dict], Sequence[str]]] | None = None,
+                  extra: dict[str, Any] | None = None) -> tuple[Path, Path]:
+    """``<out>/<name>.json`` and ``<out>/<name>.table.md``: the table with how it was made.
+
+    Both carry the command (this process's argv), commit, machine and date; every row keeps all its keys in
+    the JSON (the step and epoch counts included), the Markdown shows ``columns``. ``tables`` adds more
+    titled tables (e.g. per landmark); ``extra`` more JSON. The docs quote these files; they are rewritten,
+    never edited by hand.
+    """
+    header = {"command": "python " + shlex.join([str(Path(sys.argv[0]).relative_to(ROOT))
+                                                 if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0],
+                                                 *sys.argv[1:]]),
+              "commit": commit(), "machine": machine(),
+              "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
+    out.mkdir(parents=True, exist_ok=True)
+    payload = {"title": title, **header, "notes": list(notes), "columns": list(columns), "rows": list(rows),
+               "tables": {k: {"columns": list(c), "rows": list(r)} for k, (r, c) in (tables or {}).items()},
+               **(extra or {})}
+    json_path = out / f"{name}.json"
+    json_path.write_text(json.dumps(payload, indent=1, default=str) + "\n")
+    lines = [f"<!-- written by {header['command']}; do not edit: rerun the command -->", f"# {title}", "",
+             f"- command: `{header['command']}`", f"- commit: `{header['commit']}`", f"- machine: {header['machine']}",
+             f"- date: {header['date']}", *[f"- {n}" for n in notes], "", *markdown_table(rows, columns)]
+    for key, (more_rows, more_columns) in (tables or {}).items():
+        lines += ["", f"## {key}", "", *markdown_table(more_rows, more_columns)]
+    md_path = out / f"{name}.table.md"
+    md_path.write_text("\n".join(lines) + "\n")
+    print("\n".join(markdown_table(rows, columns)))
+    print(f"wrote {json_path} and {md_path}")
+    return json_path, md_path

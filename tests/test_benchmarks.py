@@ -149,8 +149,12 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     and evaluated from its best checkpoint, in one table (the real runs take hours and are recorded, not tested)."""
     run_script("scripts/high_resolution.py", ["--smoke", "--variants", "baseline", "simcc", "refine",
                                               "--out", str(tmp_path)], cache_dir, timeout=900)
-    table = (tmp_path / "table.md").read_text()
+    table = (tmp_path / "high_resolution.table.md").read_text()
     assert "SMOKE RUN" in table
+    record = json.loads((tmp_path / "high_resolution.json").read_text())
+    assert record["command"].startswith("python scripts/high_resolution.py --smoke") and record["commit"]
+    assert [r["variant"] for r in record["rows"]][:2] == ["baseline", "simcc"]
+    assert all(r["steps"] >= 1 and r["epochs"] >= 1 for r in record["rows"])
     rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| simcc")
             or line.startswith("| refine_")]
     assert len(rows) == 3 and "refine=native" in rows[2]
@@ -173,8 +177,10 @@ def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
     """scripts/spine_table.py --smoke: experiment=spine_unet / resnet50 / hrnet_w32 / hrnet_w32_best each run
     (their own models, on a tiny synthetic set), are evaluated, tabled and compared."""
     run_script("scripts/spine_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
-    table = (tmp_path / "table.md").read_text()
+    table = (tmp_path / "spine_table.table.md").read_text()
     assert "SMOKE RUN" in table
+    record = json.loads((tmp_path / "spine_table.json").read_text())
+    assert [r["variant"] for r in record["rows"]] == ["unet", "resnet50", "hrnet_w32", "hrnet_w32_best"]
     for model in ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best"):
         assert f"| {model} |" in table
     assert (tmp_path / "comparison" / "comparison.csv").is_file()

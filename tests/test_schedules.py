@@ -105,3 +105,61 @@ def test_a_negative_warmup_is_refused(name):
     extra = {"milestones": [1]} if name == "step_decay" else {}
     with pytest.raises(ValueError, match="warmup must be >= 0 steps, got -2"):
         getattr(schedules, name)(_optimizer(), total_steps=10, steps_per_epoch=2, warmup_steps=-2, **extra)
+
+
+# --- a time-limited run: the schedule follows the BudgetClock (hrexp.callbacks.time_budget sets it) -------------
+
+def _timed_lrs(opt, sched, clock, fractions):
+    """The lr after each scheduler step, the clock set to ``fractions[i]`` before step i (as the callback does)."""
+    out = []
+    for fraction in fractions:
+        clock.fraction = fraction
+        opt.step()
+        sched.step()
+        out.append(opt.param_groups[0]["lr"])
+    return out
+
+
+def test_a_time_limited_cosine_decays_over_the_clock_by_hand():
+    from hrexp.training.schedules import BudgetClock
+
+    base, floor = 1e-3, 1e-5
+    clock = BudgetClock(fraction=0.0)
+    opt = _optimizer((base,))
+    # the step count alone (10**6 steps) would barely decay: the clock decides
+    sched = warmup_cosine(opt, total_steps=10**6, steps_per_epoch=100, warmup_steps=2, min_lr=floor, clock=clock)
+    assert opt.param_groups[0]["lr"] == pytest.approx(base / 2)  # step 0: (0 + 1) / 2
+    lrs = _timed_lrs(opt, sched, clock, [0.01, 0.02, 0.51, 0.755, 1.0, 1.0])
+    assert lrs[0] == pytest.approx(base)  # step 1: (1 + 1) / 2, the warmup's last step
+    # step 2 ends the warmup at fraction 0.02; the decay spreads over the remaining 0.98
+    assert clock.warmup_end_step == 2 and clock.warmup_end_fraction == pytest.approx(0.02)
+    assert lrs[1] == pytest.approx(base)
+    assert lrs[2] == pytest.approx(floor + (base - floor) * 0.5)  # progress (0.51 - 0.02) / 0.98 = 0.5
+    assert lrs[3] == pytest.approx(floor + (base - floor) * 0.5 * (1 + math.cos(math.pi * 0.75)))  # 0.735 / 0.98
+    assert lrs[4] == pytest.approx(floor) and lrs[5] == pytest.approx(floor)
+
+
+def test_time_ends_a_warmup_longer_than_a_quarter_of_the_budget():
+    from hrexp.training.schedules import MAX_WARMUP_FRACTION, BudgetClock, poly
+
+    assert MAX_WARMUP_FRACTION == 0.25
+    base = 2e-3
+    clock = BudgetClock(fraction=0.0)
+    opt = _optimizer((base,))
+    sched = poly(opt, total_steps=10**6, steps_per_epoch=100, power=1.0, warmup_steps=1000, clock=clock)
+    lrs = _timed_lrs(opt, sched, clock, [0.1, 0.3, 0.65, 1.0])
+    assert lrs[0] == pytest.approx(base * 0.1 / 0.25)  # time outpaces (1 + 1) / 1000
+    assert lrs[1] == pytest.approx(base)  # fraction 0.3 >= 0.25 ends the warmup at step 2
+    assert lrs[2] == pytest.approx(base * (1 - (0.65 - 0.3) / 0.7))  # linear decay over the remaining 0.7
+    assert lrs[3] == pytest.approx(0.0)
+
+
+def test_the_step_limit_still_ends_a_time_limited_run_that_runs_out_of_epochs_first():
+    from hrexp.training.schedules import BudgetClock
+
+    clock = BudgetClock(fraction=0.0)
+    opt = _optimizer((1e-3,))
+    sched = warmup_cosine(opt, total_steps=4, steps_per_epoch=2, warmup_steps=0, min_lr=1e-6, clock=clock)
+    lrs = _timed_lrs(opt, sched, clock, [0.01, 0.02, 0.03, 0.04])
+    assert lrs[1] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 2 / 4)))  # steps: 2 of 4
+    assert lrs[3] == pytest.approx(1e-6)

@@ -117,6 +117,13 @@ class RunRecord:
     # data.batch_size is per process: this is batch_size x processes x accumulate_grad_batches.
     global_batch_size: int | None = None
     train_time_s: float | None = None
+    # Optimizer steps and epochs trained by the end of fit (a resumed run's earlier parts included).
+    trained_steps: int | None = None
+    trained_epochs: int | None = None
+    # A time-limited run (trainer.max_time): budget_s, the training time used_s (last validation
+    # included, a resumed run's earlier parts too), reserve_s kept for the last validation, the
+    # optimizer steps and epochs trained, and whether the time budget stopped it (callbacks.time_budget).
+    time_budget: dict[str, Any] | None = None
     # Optimizer steps skipped for a NaN/inf training loss (nonfinite_loss=skip).
     skipped_batches: int = 0
     param_groups: list[dict[str, Any]] = field(default_factory=list)

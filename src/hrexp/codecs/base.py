@@ -9,7 +9,9 @@ this class alone, so a new codec (a file of its own and a ``task/codec`` YAML) n
 * the loss: :attr:`~KeypointCodec.heatmap_targets` (True: :meth:`~KeypointCodec.encode` gives one
   tensor of heatmaps ``[B, K, h, w]`` for the task's heatmap loss, ``task/loss=heatmap_mse |
   adaptive_wing``; False: a dict of named targets for the codec's own loss, ``task/loss=<codec>``);
-  every loss is called ``loss(outputs, targets, weights)``;
+  every loss is called ``loss(outputs, targets, weights)``; :meth:`~KeypointCodec.regularizer` adds the
+  codec's own term (a learned spread's penalty, ``codecs/adaptive.py``); a codec that learns is an
+  ``nn.Module``, whose parameters the task holds and trains;
 * training and evaluation: :meth:`~KeypointCodec.encode` and :meth:`~KeypointCodec.decode`, which mirror
   each other (a round trip gives the points back), with the same signatures in every codec;
 * the flip test: :attr:`~KeypointCodec.flippable` (the outputs are one tensor of K maps in the image's
@@ -43,7 +45,8 @@ class KeypointCodec(ABC):
     """Keypoints ``[B, K, 2]`` <-> the network's outputs (see the module docstring for who uses what).
 
     Subclasses implement :meth:`output_channels`, :meth:`encode` and :meth:`decode` and declare the class
-    attributes below; :meth:`spread`, :meth:`output_tensors` and :meth:`tied_points` have defaults.
+    attributes below; :meth:`spread`, :meth:`regularizer`, :meth:`keypoint_maps`, :meth:`output_tensors` and
+    :meth:`tied_points` have defaults.
     """
 
     #: None: the network outputs one tensor ``[B, output_channels(K), h, w]``; else a dict with these keys.
@@ -84,6 +87,11 @@ class KeypointCodec(ABC):
     def spread(self, outputs: Outputs, stride: float) -> Tensor | None:
         """How wide each keypoint's peak is, ``[B, K]`` in input px (a confidence beside the scores); None when
         the codec has no such measure."""
+        return None
+
+    def regularizer(self, heatmap_size: tuple[int, int]) -> Tensor | None:
+        """A term the task adds to its loss (a learned codec's penalty), or None. ``heatmap_size`` is the grid the
+        targets were encoded on."""
         return None
 
     def keypoint_maps(self, outputs: Outputs, num_keypoints: int) -> Tensor | None:

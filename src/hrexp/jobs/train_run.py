@@ -20,6 +20,7 @@ from omegaconf import DictConfig, OmegaConf
 from rich.table import Table
 
 from hrexp.callbacks.best_metrics import BestMetrics
+from hrexp.callbacks.time_budget import TimeBudget
 from hrexp.errors import ConfigError, user_error
 from hrexp.jobs.resume import check_resumable, continue_wandb_run, resolve_ckpt_path
 from hrexp.models.complexity import count_macs, count_parameters, parameter_counts
@@ -215,8 +216,11 @@ def train(cfg: DictConfig) -> RunRecord:
     if cfg.get("train"):
         trainer.fit(module, datamodule=datamodule, ckpt_path=ckpt_path, weights_only=True)
     record.train_time_s = time.time() - t0
+    record.trained_steps, record.trained_epochs = int(trainer.global_step), int(trainer.current_epoch)
     record.param_groups = module.param_group_summary
     record.skipped_batches = module.skipped_batches
+    budget = next((cb for cb in callbacks.by_name.values() if isinstance(cb, TimeBudget)), None)
+    record.time_budget = None if budget is None else budget.summary
     logged = set(trainer.callback_metrics)
 
     best = next((cb for cb in callbacks.by_name.values() if isinstance(cb, BestMetrics)), None)

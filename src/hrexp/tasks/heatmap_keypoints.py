@@ -116,14 +116,16 @@ class HeatmapKeypointTask(Task):
         the others a dict of targets for their own loss (offset, integral, simcc). Targets are cast to the
         outputs' dtype (half under mixed precision).
         """
-        targets, weights = self.codec.encode(batch["keypoints"], batch["visible"],
-                                             heatmap_size=self.heatmap_size(batch), stride=self.stride)
+        size = self.heatmap_size(batch)
+        targets, weights = self.codec.encode(batch["keypoints"], batch["visible"], heatmap_size=size, stride=self.stride)
         dtype = self.codec.output_tensors(outputs)[0].dtype
         if self.codec.heatmap_targets:
             targets = targets.to(dtype)
         else:
             targets = {key: value.to(dtype) for key, value in targets.items()}
-        return self.loss_fn(outputs, targets, weights.to(dtype))
+        loss = self.loss_fn(outputs, targets, weights.to(dtype))
+        extra = self.codec.regularizer(size)  # a learned codec's penalty (codecs/adaptive.py)
+        return loss if extra is None else loss + extra
 
     def flip_back(self, heatmaps: torch.Tensor) -> torch.Tensor:
         """Heatmaps of a horizontally flipped input, in the frame and keypoint order of the original."""

@@ -16,6 +16,7 @@ from torchmetrics import MeanMetric
 
 from hrexp.data.loaders import eval_loader
 from hrexp.training.param_groups import ParamGroupRules, describe_groups
+from hrexp.training.schedules import BudgetClock
 from hrexp.training.speed import SpeedOptions
 
 log = logging.getLogger(__name__)
@@ -80,6 +81,8 @@ class HRExpModule(pl.LightningModule):
         self.backbone_frozen = False
         # Callbacks delay the lr of one part's param groups through add_schedule_gate.
         self.schedule_gates: dict[str, tuple[str, Callable[[int], Mapping[str, int]]]] = {}
+        # A time-limited run's clock (callbacks.time_budget sets it in setup): the schedule follows it.
+        self.budget_clock: BudgetClock | None = None
         # One row per optimizer group, filled by configure_optimizers (for the run record).
         self.param_group_summary: list[dict[str, Any]] = []
         # The task's per-item tables of the last test epoch (per_landmark, per_class), for eval.py.
@@ -238,7 +241,8 @@ class HRExpModule(pl.LightningModule):
             for group in optimizer.param_groups:
                 if group.get("part") == part:
                     group.update(gate(per_epoch))
-        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch)
+        timed = {} if self.budget_clock is None else {"clock": self.budget_clock}
+        scheduler = self.scheduler_factory(optimizer, total_steps=total, steps_per_epoch=per_epoch, **timed)
         return {"optimizer": optimizer, "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1}}
 
     @rank_zero_only
