@@ -35,11 +35,11 @@ def run(script: str, args: Sequence[str], log: Path) -> None:
         raise SystemExit(f"{script} {' '.join(args)} failed ({proc.returncode}); see {log}")
 
 
-def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
-                   recipe: Sequence[str] = CPU) -> dict:
-    """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs; a finished run is reused), evaluate its best checkpoint
-    on the test split; the row: the run record's params, MACs, time, best val MRE and the report's overall errors."""
-    base = [f"experiment={experiment}", *overrides, *recipe, *(SMOKE if smoke else [])]
+def train(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
+          recipe: Sequence[str] = CPU, smoke_overrides: Sequence[str] = SMOKE) -> dict:
+    """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs) in ``<out>/<name>/train``; a
+    finished run is reused. Returns its run record (results.json)."""
+    base = [f"experiment={experiment}", *overrides, *recipe, *(smoke_overrides if smoke else [])]
     # ++: set whether or not the trainer config has the key (Lightning stops after that wall time)
     budget = [] if minutes is None else [f"++trainer.max_time={max_time(minutes)}"]
     results = out / name / "train" / "results.json"
@@ -47,16 +47,36 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
         print(f"{name}: reusing the finished run in {results.parent}")
     else:
         run("train.py", [*base, *budget, f"hydra.run.dir={out / name / 'train'}"], out / name / "train.log")
-    record = json.loads(results.read_text())
-    ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
-    run("eval.py", [f"ckpt_path={ckpt}", "split=test", f"hydra.run.dir={out / name / 'eval'}"], out / name / "eval.log")
-    facts = json.loads((out / name / "eval" / "report.json").read_text())
-    return {"variant": name, "overrides": " ".join(overrides), "checkpoint": ckpt,
+    return json.loads(results.read_text())
+
+
+def evaluate(name: str, checkpoints: Sequence[str], out: Path, extra: Sequence[str] = ()) -> dict:
+    """``eval.py`` of one checkpoint (or a seed ensemble: several) on the test split (val where the data has no
+    test split) in ``<out>/<name>/eval``; returns its report.json."""
+    ckpt = checkpoints[0] if len(checkpoints) == 1 else "[" + ",".join(checkpoints) + "]"
+    run("eval.py", [f"ckpt_path={ckpt}", "split=test", *extra, f"hydra.run.dir={out / name / 'eval'}"],
+        out / name / "eval.log")
+    return json.loads((out / name / "eval" / "report.json").read_text())
+
+
+def record_row(name: str, overrides: Sequence[str], record: dict) -> dict:
+    """A row's training facts from a run record: checkpoint, params, MACs, minutes, steps, epochs, best val MRE."""
+    return {"variant": name, "overrides": " ".join(overrides),
+            "checkpoint": record["checkpoints"]["checkpoint_best_metric"]["path"],
             "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
             "train_min": float(record.get("train_time_s") or 0.0) / 60,
             "steps": record.get("trained_steps"), "epochs": record.get("trained_epochs"),
-            "best_val_mre": record["best"]["val/mre"]["value"], **facts["overall"],
-            "coarse_mre": (facts.get("coarse") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+            "precision": record.get("precision"), "best_val_mre": record["best"]["val/mre"]["value"]}
+
+
+def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
+                   recipe: Sequence[str] = CPU) -> dict:
+    """Train (:func:`train`), evaluate its best checkpoint on the test split (:func:`evaluate`); the row: the run
+    record's facts (:func:`record_row`) and the report's overall errors."""
+    row = record_row(name, overrides, train(name, experiment, overrides, out, minutes, smoke, recipe))
+    facts = evaluate(name, [row["checkpoint"]], out)
+    return {**row, **facts["overall"], "coarse_mre": (facts.get("coarse") or {}).get("mre"),
+            "cobb_smape": (facts.get("cobb") or {}).get("smape")}
 
 
 def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: dict, out: Path, minutes: float | None,
@@ -122,9 +142,9 @@ def write_results(name: str, title: str, rows: Sequence[dict], columns: Sequence
     titled tables (e.g. per landmark); ``extra`` more JSON. The docs quote these files; they are rewritten,
     never edited by hand.
     """
-    header = {"command": "python " + shlex.join([str(Path(sys.argv[0]).relative_to(ROOT))
-                                                 if Path(sys.argv[0]).resolve().is_relative_to(ROOT) else sys.argv[0],
-                                                 *sys.argv[1:]]),
+    script = Path(sys.argv[0]).resolve()
+    script_name = str(script.relative_to(ROOT)) if script.is_relative_to(ROOT) else sys.argv[0]
+    header = {"command": "python " + shlex.join([script_name, *sys.argv[1:]]),
               "commit": commit(), "machine": machine(),
               "date": datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC")}
     out.mkdir(parents=True, exist_ok=True)

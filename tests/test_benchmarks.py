@@ -15,7 +15,7 @@ import sys
 import numpy as np
 import pytest
 
-from tests.helpers import ROOT, run_script
+from tests.helpers import ROOT, run_script, shared_path
 
 pytestmark = pytest.mark.slow
 
@@ -191,3 +191,63 @@ def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
     seconds = [json.loads((tmp_path / m / "train" / "results.json").read_text())["train_time_s"]
                for m in ("hrnet_w32", "hrnet_w32_best")]
     assert minutes["hrnet_w32_best"] == pytest.approx(sum(seconds) / 60, rel=1e-3)
+
+
+@pytest.mark.slow  # trains the seven recipes' eleven runs a few steps each on real cephalograms (~3 min)
+def test_the_ceph_table_script_still_starts(tmp_path, cache_dir):
+    """scripts/ceph_table.py --smoke: every recipe trains and is scored in mm on the seeded validation split; the
+    two-stage recipes add their runs' minutes, progressive's second run starts from the first's checkpoint,
+    ensemble3 is scored as a three-member ensemble, and the per-landmark table is eval's per_landmark.csv."""
+    shared_path("ceph_isbi2015", "train.csv")
+    run_script("scripts/ceph_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
+    record = json.loads((tmp_path / "ceph_table.json").read_text())
+    assert "SMOKE RUN" in (tmp_path / "ceph_table.table.md").read_text()
+    rows = {r["recipe"]: r for r in record["rows"]}
+    assert list(rows) == ["gaussian", "udp", "adaptive", "adaptive_wing", "hires_w18", "progressive", "ensemble3"]
+
+    def minutes(*runs):
+        return sum(json.loads((tmp_path / run / "train" / "results.json").read_text())["train_time_s"] for run in runs) / 60
+
+    assert rows["progressive"]["train_min"] == pytest.approx(minutes("progressive_low", "progressive"), rel=1e-6)
+    assert rows["ensemble3"]["train_min"] == pytest.approx(minutes(*[f"ensemble3_seed{s}" for s in range(3)]), rel=1e-6)
+    assert rows["progressive"]["input"] == "384x320 then 512x416" and rows["hires_w18"]["input"] == "512x416"
+    high = (tmp_path / "progressive" / "train" / "config.yaml").read_text()
+    low_ckpt = json.loads((tmp_path / "progressive_low" / "train" / "results.json").read_text())
+    assert f"pretrained: {low_ckpt['checkpoints']['checkpoint_best_metric']['path']}" in high
+    ensemble = json.loads((tmp_path / "ensemble3" / "eval" / "summary.json").read_text())["ensemble"]
+    assert len(ensemble["members"]) == 3
+    for recipe, row in rows.items():
+        # 0.1 mm/px: the mm columns are the px ones over ten, and SDR@2mm is the 20 px radius
+        assert row["mre_mm"] == pytest.approx(row["mre"] / 10, rel=1e-4), recipe
+        assert row["sdr_2mm"] == row["sdr_20"] and row["precision"], recipe
+        assert row["steps"] >= 1 and row["epochs"] >= 1, recipe
+    landmarks = record["tables"]["Val MRE (mm) per landmark"]
+    assert len(landmarks["rows"]) == 19 and landmarks["columns"][1:] == list(rows)
+    import csv
+
+    with open(tmp_path / "udp" / "eval" / "per_landmark.csv", newline="") as fh:
+        udp = {r["landmark"]: float(r["mre_mm"]) for r in csv.DictReader(fh)}
+    assert {row["landmark"]: row["udp"] for row in landmarks["rows"]} == udp
+    assert (tmp_path / "ceph_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert set(record["curves"]) >= {"gaussian", "progressive (progressive_low)", "ensemble3 (ensemble3_seed2)"}
+
+
+@pytest.mark.slow  # two tiny runs, each scored at two precisions (~1 min)
+def test_the_precision_table_script_still_starts(tmp_path, cache_dir):
+    """scripts/precision_table.py --smoke: a bf16-mixed and an fp32 run at equal steps, each checkpoint evaluated
+    in both precisions, and eval says which precision it used."""
+    shared_path("ceph_isbi2015", "train.csv")
+    run_script("scripts/precision_table.py", ["--smoke", "--seeds", "0", "--out", str(tmp_path)], cache_dir, timeout=600)
+    record = json.loads((tmp_path / "precision_table.json").read_text())
+    rows = {r["train precision"]: r for r in record["rows"]}
+    assert list(rows) == ["bf16-mixed", "32"] and rows["bf16-mixed"]["steps"] == rows["32"]["steps"] == 2
+    for precision in ("bf16-mixed", "32"):
+        trained = json.loads((tmp_path / f"{precision}_s0" / "train" / "results.json").read_text())
+        assert trained["precision"] == ("32-true" if precision == "32" else precision)
+        for infer in ("32", "bf16-mixed"):
+            summary = json.loads((tmp_path / f"{precision}_s0" / f"infer_{infer}" / "eval" / "summary.json").read_text())
+            assert summary["precision"] == ("32-true" if infer == "32" else infer)  # Lightning's name for it
+            label = "32" if infer == "32" else "bf16"
+            assert rows[precision][f"mre_mm (eval {label})"] == pytest.approx(summary["metrics"]["val/mre_mm"], rel=1e-6)
+    mean = record["tables"]["Mean over seeds"]
+    assert [r["train precision"] for r in mean["rows"]] == ["bf16-mixed", "32"]

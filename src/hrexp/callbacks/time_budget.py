@@ -9,8 +9,11 @@ steps from ``max_epochs``, never decay. This callback turns the budget into the 
   two steps from now), where ``elapsed`` is the ``Timer``'s training time (it survives a resume:
   Lightning stores it in the checkpoint) and ``reserve`` is the longest of the last three validations with
   their checkpoint writes (estimated from the sanity check until a real one has run);
-* it stops training when one more step would end past ``max_time - reserve``, so the final
-  validation ends by ``max_time`` and validates weights whose last step trained at ``min_lr``;
+* it stops training after the step that trained at the clock's end (fraction 1), which ends about one
+  step before ``max_time - reserve``: the final validation ends by ``max_time`` and validates weights whose
+  last step trained at ``min_lr``, however noisy the step times (a stop decided by the step's own time
+  would sometimes come one step before the clock reached 1); only a step that would end more than one
+  step past ``max_time - reserve`` stops training at once;
 * rank 0 measures and broadcasts, so every DDP rank steps the same lr and stops at the same step.
 
 Without ``trainer.max_time`` it does nothing: the schedules count steps as before.
@@ -99,10 +102,10 @@ class TimeBudget(pl.Callback):
     def measure(self, epoch_ends: bool) -> tuple[float, bool]:
         """This rank's reading at an optimizer step: the clock's fraction for the next step's lr, and whether to stop.
 
-        With ``s`` one step, ``r`` the reserve and ``A = budget - r`` the time for training: the step about to
-        be scheduled ends about ``2 s`` from now, so its lr uses ``(elapsed + 2 s) / A``, and training stops
-        after this step if one more would end past ``A``. A validation that runs before the next step (this
-        batch ends the epoch) counts as ``r`` more in both.
+        With ``s`` one step, ``r`` the reserve and ``A = budget - r`` the time for training: the next step's lr
+        uses ``(elapsed + 2 s) / A`` (one step of margin: a slow step does not jump past the end), and training
+        stops after this step if it trained at fraction 1, or if the next one would end more than a step past
+        ``A``. A validation that runs before the next step (this batch ends the epoch) counts as ``r`` more.
         """
         assert self.timer is not None and self.budget_s is not None
         now = time.monotonic()
@@ -116,7 +119,10 @@ class TimeBudget(pl.Callback):
         elapsed = self.timer.time_elapsed()
         if available <= 0:
             return 1.0, True
-        return min(1.0, max(0.0, (elapsed + ahead + (self.step_s or 0.0)) / available)), elapsed + ahead > available
+        trained_at_the_end = (self.clock.fraction or 0.0) >= 1.0
+        overrun = elapsed + ahead > available + (self.step_s or 0.0)
+        fraction = min(1.0, max(0.0, (elapsed + ahead + (self.step_s or 0.0)) / available))
+        return fraction, trained_at_the_end or overrun
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         # Lightning steps the scheduler right after this optimizer step: the lr it sets is the next step's.
@@ -137,6 +143,11 @@ class TimeBudget(pl.Callback):
             log.info("time budget: training stops at step %d, %.2f s of %.0f s used, %.2f s kept for the last "
                      "validation", trainer.global_step, self.timer.time_elapsed(), self.budget_s, self.reserve_s or 0.0)
             trainer.should_stop = True
+
+    def on_validation_epoch_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
+        # each validation's place in the budget: result scripts draw accuracy against training minutes
+        if self.timer is not None and not trainer.sanity_checking:
+            pl_module.log("time/train_min", self.timer.time_elapsed() / 60.0)
 
     def on_train_end(self, trainer: pl.Trainer, pl_module: pl.LightningModule) -> None:
         if self.timer is not None:

@@ -27,8 +27,6 @@ Decoding is the Gaussian codec's (arg-max plus DARK); the spread learned is :met
 
 from __future__ import annotations
 
-import math
-
 import torch
 from torch import Tensor, nn
 

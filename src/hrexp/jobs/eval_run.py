@@ -33,6 +33,7 @@ from hrexp.tasks.base import Task
 from hrexp.training.build import build_datamodule, build_loggers
 from hrexp.training.checkpoint_config import rebuild_config
 from hrexp.training.checkpoint_model import describe_meta, load_checkpoint, module_from_checkpoint
+from hrexp.training.precision import resolve_precision
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import runtime_choices
 
@@ -147,8 +148,11 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
                               f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
         module.collect_samples = options is not None or len(paths) > 1
+        precision, why = resolve_precision(cfg.get("precision", "checkpoint"), cfg.trainer.get("accelerator", "auto"),
+                                           stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision")
+        rich.print(f"[bold]Precision[/bold] {precision} ({why})")
         trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
-                              callbacks=[RichProgressBar()])
+                              callbacks=[RichProgressBar()], precision=precision)
         split = datamodule.test_split_name if cfg.split == "test" else "val"
         weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
         rich.print(f"[bold]Evaluating checkpoint[/bold] {path} ({weights['kind']} weights) on the {split} split")
@@ -172,6 +176,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         "checkpoint": str(Path(members[0].path).resolve()) if len(members) == 1 else
         [str(Path(m.path).resolve()) for m in members],
         "split": split,
+        "precision": str(trainer.precision),
         "choices": OmegaConf.to_container(run_cfg.choices),
         "epoch": ckpt.get("epoch"),
         "global_step": ckpt.get("global_step"),

@@ -27,6 +27,7 @@ from hrexp.models.complexity import count_macs, count_parameters, parameter_coun
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
 from hrexp.training.build import Callbacks, build_callbacks, build_datamodule, build_loggers, build_module, choices
 from hrexp.training.module import HRExpModule
+from hrexp.training.precision import resolve_precision
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import in_multirun
 
@@ -166,8 +167,12 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> R
     if cfg.get("test") and cfg.get("train"):
         callbacks.checkpoint(cfg.test_ckpt)
     loggers = build_loggers(cfg.get("logger"))
+    precision, why = resolve_precision(cfg.trainer.get("precision", 32), cfg.trainer.get("accelerator", "auto"))
+    if rank_zero_only.rank == 0:
+        rich.print(f"[bold]Precision[/bold] {precision} ({why}); the end-of-run test uses it too")
     trainer: pl.Trainer = instantiate(
-        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False
+        cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False,
+        precision=precision,
     )
     return RunParts(datamodule, module, callbacks, loggers, trainer)
 
@@ -203,6 +208,7 @@ def train(cfg: DictConfig) -> RunRecord:
     record.pretrained = cfg.model.get("pretrained", False)
     record.dataset_meta = dict(datamodule.dataset_meta)
     # data.batch_size is per process (Lightning's convention): what one optimizer step sees is more.
+    record.precision = str(trainer.precision)
     record.global_batch_size = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info("batch: %d per process x %d processes x %d accumulated = %d samples per optimizer step",
              datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches, record.global_batch_size)
