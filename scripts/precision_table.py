@@ -7,8 +7,9 @@ checkpoint scored at both inference precisions (issue 26).
 
 Each run trains ``experiment=ceph_isbi2015`` for ``--epochs`` epochs (the cosine schedule is sized in steps,
 so both precisions see the same lr at every step; no time budget) in ``trainer.precision=32`` or
-``bf16-mixed``; ``eval.py`` then scores its best-val-MRE checkpoint on the seeded validation split twice,
-``precision=32`` and ``precision=bf16-mixed``. Writes ``docs/results/precision_table.json`` and ``.table.md``:
+``bf16-mixed``; ``eval.py`` then scores its best-val-MRE checkpoint on the seeded validation split three times:
+``precision=32``, ``precision=bf16-mixed`` (the heads' output conv in float32, ``speed.float32_output``, the
+default) and ``bf16-mixed`` with ``speed.float32_output=false`` (everything in bf16; "bf16 out"). Writes ``docs/results/precision_table.json`` and ``.table.md``:
 per run its training minutes, seconds per step, and the val MRE / SDR@2mm at either inference precision;
 a summary row per training precision (mean over seeds). Finished runs are reused.
 """
@@ -28,8 +29,14 @@ CPU = ["data.num_workers=0", "callbacks.progress_bar=null", "test=false"]
 SMOKE = ["data.image_size=[64,64]", "data.batch_size=2", "trainer.limit_train_batches=2", "trainer.limit_val_batches=2",
          "trainer.num_sanity_val_steps=0"]
 SMOKE_EVAL = ["trainer.limit_test_batches=2"]
+# Inference variants: (folder, label, eval.py overrides). "bf16" keeps the heads' output conv in float32 (the
+# default, speed.float32_output); "bf16 out" computes it in bf16 too (as hrexp did before).
+INFERENCE = (("infer_32", "32", ["precision=32"]),
+             ("infer_bf16-mixed", "bf16", ["precision=bf16-mixed"]),
+             ("infer_bf16-mixed_bf16output", "bf16 out", ["precision=bf16-mixed", "speed.float32_output=false"]))
 TABLE = ("train precision", "seed", "epochs", "steps", "train_min", "s_per_step", "mre_mm (eval 32)",
-         "mre_mm (eval bf16)", "sdr_2mm (eval 32)", "sdr_2mm (eval bf16)")
+         "mre_mm (eval bf16)", "mre_mm (eval bf16 out)", "sdr_2mm (eval 32)", "sdr_2mm (eval bf16)",
+         "sdr_2mm (eval bf16 out)")
 
 
 def run_one(precision: str, seed: int, epochs: int, out: Path, smoke: bool) -> dict:
@@ -41,13 +48,12 @@ def run_one(precision: str, seed: int, epochs: int, out: Path, smoke: bool) -> d
     row = {"train precision": precision, "seed": seed, "epochs": record.get("trained_epochs"), "steps": steps,
            "train_min": float(record.get("train_time_s") or 0.0) / 60, "checkpoint": checkpoint,
            "s_per_step": float(record.get("train_time_s") or 0.0) / steps if steps else None}
-    for infer, label in (("32", "32"), ("bf16-mixed", "bf16")):
-        report = out / name / f"infer_{infer}" / "eval" / "report.json"
+    for folder, label, overrides in INFERENCE:
+        report = out / name / folder / "eval" / "report.json"
         if report.is_file() and not smoke:  # scored before: reused like the finished run
             facts = json.loads(report.read_text())
         else:
-            facts = evaluate(f"{name}/infer_{infer}", [checkpoint], out,
-                             [f"precision={infer}", *(SMOKE_EVAL if smoke else [])])
+            facts = evaluate(f"{name}/{folder}", [checkpoint], out, [*overrides, *(SMOKE_EVAL if smoke else [])])
         overall = facts["overall"]
         row[f"mre_mm (eval {label})"] = overall.get("mre_mm")
         row[f"sdr_2mm (eval {label})"] = overall.get("sdr_20")

@@ -244,10 +244,12 @@ def test_the_precision_table_script_still_starts(tmp_path, cache_dir):
     for precision in ("bf16-mixed", "32"):
         trained = json.loads((tmp_path / f"{precision}_s0" / "train" / "results.json").read_text())
         assert trained["precision"] == ("32-true" if precision == "32" else precision)
-        for infer in ("32", "bf16-mixed"):
-            summary = json.loads((tmp_path / f"{precision}_s0" / f"infer_{infer}" / "eval" / "summary.json").read_text())
-            assert summary["precision"] == ("32-true" if infer == "32" else infer)  # Lightning's name for it
-            label = "32" if infer == "32" else "bf16"
+        for folder, label, infer in (("infer_32", "32", "32-true"), ("infer_bf16-mixed", "bf16", "bf16-mixed"),
+                                     ("infer_bf16-mixed_bf16output", "bf16 out", "bf16-mixed")):
+            summary = json.loads((tmp_path / f"{precision}_s0" / folder / "eval" / "summary.json").read_text())
+            assert summary["precision"] == infer  # Lightning's name for it
             assert rows[precision][f"mre_mm (eval {label})"] == pytest.approx(summary["metrics"]["val/mre_mm"], rel=1e-6)
+        config = (tmp_path / f"{precision}_s0" / "infer_bf16-mixed_bf16output" / "eval" / "config.yaml").read_text()
+        assert "float32_output: false" in config
     mean = record["tables"]["Mean over seeds"]
     assert [r["train precision"] for r in mean["rows"]] == ["bf16-mixed", "32"]

@@ -251,3 +251,25 @@ def test_heads_build_from_a_hydra_partial_like_the_task(head_cfg):
     with torch.no_grad():
         out = head(backbone(x))
     assert tuple(out.shape) == (1, 5, 32 // head.stride, 48 // head.stride)
+
+
+@pytest.mark.parametrize("head_cls", [HeatmapHead, HRNetV2Head, DeconvHead])
+def test_under_bf16_autocast_the_output_conv_runs_in_float32_unless_switched_off(head_cls):
+    """speed.float32_output: the output conv in float32 on the (bf16) hidden activations, by hand; off: all bf16."""
+    from hrexp.training.speed import SpeedOptions
+
+    torch.manual_seed(0)
+    head = head_cls(HRNET_W32_INFO, num_outputs=5).eval()
+    features = [torch.randn(1, info["num_chs"], 32 // info["reduction"] * 4, 32 // info["reduction"] * 4)
+                for info in HRNET_W32_INFO]
+    hidden = {}
+    head.final.register_forward_pre_hook(lambda module, args: hidden.update(x=args[0]))
+    SpeedOptions().apply(nn.Identity(), head)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        out = head(features)
+    assert out.dtype == torch.float32 and hidden["x"].dtype == torch.float32
+    expected = F.conv2d(hidden["x"], head.final.weight, head.final.bias, padding=head.final.padding)
+    torch.testing.assert_close(out, expected, rtol=0, atol=0)
+    SpeedOptions(float32_output=False).apply(nn.Identity(), head)
+    with torch.no_grad(), torch.autocast("cpu", dtype=torch.bfloat16):
+        assert head(features).dtype == torch.bfloat16

@@ -45,21 +45,36 @@ RUN = ["model=hrnet_w18", "trainer.max_epochs=1", "trainer.limit_train_batches=2
 
 
 @pytest.mark.slow  # one tiny bf16 training run and two evaluations (~1 min)
-def test_eval_scores_in_the_training_precision_unless_told(tmp_path, cache_dir):
+def test_the_end_of_run_test_and_eval_score_in_fp32_unless_told(tmp_path, cache_dir):
+    """A bf16 run: its end-of-run test and eval.py both score in fp32 by default and agree exactly; eval.py
+    precision=checkpoint scores in the run's bf16, which differs; each says which precision it used."""
     run = tmp_path / "train"
     run_script("train.py", [*RUN, f"hydra.run.dir={run}"], cache_dir)
     record = json.loads((run / "results.json").read_text())
-    assert record["precision"] == "bf16-mixed"
+    assert record["precision"] == "bf16-mixed" and record["test_precision"] == "32-true"
     ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
-    same = tmp_path / "eval_same"
-    run_script("eval.py", [f"ckpt_path={ckpt}", "report.enabled=false", f"hydra.run.dir={same}"], cache_dir)
-    fp32 = tmp_path / "eval_fp32"
-    run_script("eval.py", [f"ckpt_path={ckpt}", "precision=32", "report.enabled=false", f"hydra.run.dir={fp32}"],
-               cache_dir)
+    default, same = tmp_path / "eval_default", tmp_path / "eval_checkpoint"
+    run_script("eval.py", [f"ckpt_path={ckpt}", "report.enabled=false", f"hydra.run.dir={default}"], cache_dir)
+    run_script("eval.py", [f"ckpt_path={ckpt}", "precision=checkpoint", "report.enabled=false",
+                           f"hydra.run.dir={same}"], cache_dir)
+    summary_default = json.loads((default / "summary.json").read_text())
     summary_same = json.loads((same / "summary.json").read_text())
-    summary_fp32 = json.loads((fp32 / "summary.json").read_text())
-    assert summary_same["precision"] == "bf16-mixed" and summary_fp32["precision"] == "32-true"
-    # the same images and weights: the end-of-run test (bf16) and eval.py at the run's precision agree exactly
-    key = next(k for k in summary_same["metrics"] if k.endswith("/mre"))
-    assert summary_same["metrics"][key] == pytest.approx(record["test"]["metrics"][key.replace(key.split("/")[0], "test")],
-                                                         rel=1e-6)
+    assert summary_default["precision"] == "32-true" and summary_same["precision"] == "bf16-mixed"
+    key = next(k for k in summary_default["metrics"] if k.endswith("/mre"))
+    test_value = record["test"]["metrics"][key.replace(key.split("/")[0], "test")]
+    # the same images and weights at the same precision: the end-of-run test and eval.py agree exactly
+    assert summary_default["metrics"][key] == pytest.approx(test_value, rel=1e-6)
+    # ... and in bf16 the numbers move (so the precision really changed)
+    assert summary_same["metrics"][key] != pytest.approx(test_value, rel=1e-6)
+
+
+def test_the_test_precision_plugin_is_what_lightning_builds():
+    from lightning.pytorch import Trainer
+
+    for precision in ("32", "bf16-mixed", "64"):
+        plugin = precision_module.precision_plugin(precision, "cpu")
+        built = Trainer(accelerator="cpu", precision=precision, logger=False, enable_progress_bar=False,
+                        enable_checkpointing=False, enable_model_summary=False).precision_plugin
+        assert type(plugin) is type(built) and plugin.precision == built.precision, precision
+    with pytest.raises(ConfigError, match="test_precision"):
+        precision_module.precision_plugin("17", "cpu")

@@ -78,17 +78,23 @@ def test_accumulation_steps_the_optimizer_and_the_schedule_every_n_batches(compo
 
 
 class Dtypes(pl.Callback):
-    """The dtype of the head's output and of the weights during the first training step."""
+    """The dtype of the head's hidden activations (its output conv's input), of its output and of the weights
+    during the first training step."""
 
     def __init__(self):
-        self.output = self.weight = None
+        self.hidden = self.output = self.weight = None
 
     def on_train_start(self, trainer, pl_module) -> None:
-        def hook(module, args, output):
-            if self.output is None:
-                self.output = output.dtype
+        def hidden(module, args):
+            if self.hidden is None:
+                self.hidden = args[0].dtype
 
-        pl_module.task.head.register_forward_hook(hook)
+        def output(module, args, out):
+            if self.output is None:
+                self.output = out.dtype
+
+        pl_module.task.head.conv.register_forward_pre_hook(hidden)  # the head's first conv sees the backbone's dtype
+        pl_module.task.head.register_forward_hook(output)
 
     def on_before_optimizer_step(self, trainer, pl_module, optimizer) -> None:
         self.weight = {p.dtype for p in pl_module.parameters()}
@@ -99,11 +105,15 @@ class Dtypes(pl.Callback):
 @pytest.mark.parametrize("precision, dtype", [("bf16-mixed", torch.bfloat16), ("16-mixed", torch.bfloat16),
                                               ("32", torch.float32)])
 def test_mixed_precision_computes_in_low_precision_and_keeps_fp32_weights(compose_cfg, precision, dtype):
-    """The head computes in the low dtype under autocast; weights and their gradients stay fp32."""
+    """The network computes in the low dtype under autocast, the heatmaps leave the head in fp32 (speed.
+    float32_output, the default) or in the low dtype (switched off); weights and gradients stay fp32."""
     probe = Dtypes()
     fit(compose_cfg([*PLAIN_SGD, f"trainer.precision={precision}"]), [probe])
-    assert probe.output == dtype
+    assert probe.hidden == dtype and probe.output == torch.float32
     assert probe.weight == {torch.float32} and probe.grad == {torch.float32}
+    probe = Dtypes()
+    fit(compose_cfg([*PLAIN_SGD, f"trainer.precision={precision}", "speed.float32_output=false"]), [probe])
+    assert probe.hidden == dtype and probe.output == dtype
 
 
 def test_an_unknown_precision_is_refused_before_training(compose_cfg):

@@ -117,8 +117,10 @@ class RunRecord:
     # data.batch_size is per process: this is batch_size x processes x accumulate_grad_batches.
     global_batch_size: int | None = None
     train_time_s: float | None = None
-    # The precision training and its end-of-run test computed in (trainer.precision resolved: auto -> 32 | bf16-mixed).
+    # The precision training computed in (trainer.precision resolved: auto -> 32 | bf16-mixed).
     precision: str | None = None
+    # The precision of the end-of-run test (test_precision resolved; default 32, as eval.py's).
+    test_precision: str | None = None
     # Optimizer steps and epochs trained by the end of fit (a resumed run's earlier parts included).
     trained_steps: int | None = None
     trained_epochs: int | None = None

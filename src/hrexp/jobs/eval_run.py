@@ -148,7 +148,7 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
             raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
                               f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
         module.collect_samples = options is not None or len(paths) > 1
-        precision, why = resolve_precision(cfg.get("precision", "checkpoint"), cfg.trainer.get("accelerator", "auto"),
+        precision, why = resolve_precision(cfg.get("precision", "32"), cfg.trainer.get("accelerator", "auto"),
                                            stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision")
         rich.print(f"[bold]Precision[/bold] {precision} ({why})")
         trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,

@@ -27,7 +27,7 @@ from hrexp.models.complexity import count_macs, count_parameters, parameter_coun
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
 from hrexp.training.build import Callbacks, build_callbacks, build_datamodule, build_loggers, build_module, choices
 from hrexp.training.module import HRExpModule
-from hrexp.training.precision import resolve_precision
+from hrexp.training.precision import precision_plugin, resolve_precision
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import in_multirun
 
@@ -169,7 +169,7 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> R
     loggers = build_loggers(cfg.get("logger"))
     precision, why = resolve_precision(cfg.trainer.get("precision", 32), cfg.trainer.get("accelerator", "auto"))
     if rank_zero_only.rank == 0:
-        rich.print(f"[bold]Precision[/bold] {precision} ({why}); the end-of-run test uses it too")
+        rich.print(f"[bold]Precision[/bold] {precision} ({why})")
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False,
         precision=precision,
@@ -248,6 +248,13 @@ def train(cfg: DictConfig) -> RunRecord:
             rich.print(f"[bold]Testing checkpoint[/bold] {ckpt} (test_ckpt={cfg.test_ckpt})")
         else:
             log.warning("No checkpoint to test (test_ckpt=%s); testing the current weights", cfg.get("test_ckpt"))
+        # inference precision: test_precision (default 32, as eval.py's), not necessarily the fit's
+        test_precision, why = resolve_precision(cfg.get("test_precision", "32"), cfg.trainer.get("accelerator", "auto"),
+                                                stored=record.precision, option="test_precision")
+        trainer.strategy.precision_plugin = precision_plugin(test_precision, trainer.strategy.root_device.type)
+        record.test_precision = str(trainer.precision)
+        if rank_zero_only.rank == 0:
+            rich.print(f"[bold]Test precision[/bold] {record.test_precision} ({why}; test_precision)")
         results = trainer.test(module, datamodule=datamodule, ckpt_path=ckpt, weights_only=True)
         metrics = {k: float(v) for k, v in (results[0] if results else {}).items()}
         record.test = TestResult(checkpoint=ckpt, split=datamodule.test_split_name, metrics=metrics)

@@ -30,6 +30,20 @@ def _init_output_conv(conv: nn.Conv2d) -> None:
     nn.init.zeros_(conv.bias)
 
 
+def output_in_float32(conv: nn.Module, x: torch.Tensor, enabled: bool = True) -> torch.Tensor:
+    """``conv(x)`` computed in float32 even under autocast (``enabled``; ``speed.float32_output``).
+
+    Why: a bfloat16 heatmap keeps 8 bits of mantissa, and the sub-pixel decoders (DARK's log-derivatives,
+    UDP's offsets) read the shape of its peak; quantised, they lose about 0.06 mm on the ISBI cephalograms
+    (docs/results/precision_table.table.md). The output conv is a small part of a step, and everything
+    after it (up-sampling, loss, decoding) then sees float32 too.
+    """
+    if enabled and torch.is_autocast_enabled(x.device.type):
+        with torch.autocast(device_type=x.device.type, enabled=False):
+            return conv(x.float())
+    return conv(x)
+
+
 def _upsample_by(x: torch.Tensor, factor: int, size: Sequence[int] | None = None) -> torch.Tensor:
     """Bilinear up-sampling by an integer ``factor``, cropped to ``size`` when given.
 
@@ -68,6 +82,9 @@ class HeatmapHead(nn.Module):
         ValueError: ``feature_info`` is empty or malformed (the message names the head and the
             backbone's features), or an argument is out of range.
     """
+
+    # The output conv in float32 under mixed precision (speed.float32_output sets it; output_in_float32).
+    float32_output = True
 
     def __init__(
         self,
@@ -117,7 +134,7 @@ class HeatmapHead(nn.Module):
         """
         if len(features) == 0:
             raise ValueError("HeatmapHead got no features")
-        x = self.final(self.relu(self.bn(self.conv(features[0]))))
+        x = output_in_float32(self.final, self.relu(self.bn(self.conv(features[0]))), self.float32_output)
         if self.upsample_to_input and self.feature_stride > 1:
             # A scale factor (not a target size) with align_corners=False keeps the half-pixel
             # mapping x = (u + 0.5) * stride - 0.5 that the codecs use.
@@ -154,6 +171,9 @@ class HRNetV2Head(nn.Module):
         ValueError: The backbone's features do not fit (the message names the head and the
             backbone's strides and channels), or an argument is out of range.
     """
+
+    # The output conv in float32 under mixed precision (speed.float32_output sets it; output_in_float32).
+    float32_output = True
 
     def __init__(
         self,
@@ -220,7 +240,7 @@ class HRNetV2Head(nn.Module):
         Returns:
             Heatmaps ``[B, num_outputs, H / stride, W / stride]``.
         """
-        x = self.final(self.relu(self.bn(self.conv(self.fuse(features)))))
+        x = output_in_float32(self.final, self.relu(self.bn(self.conv(self.fuse(features)))), self.float32_output)
         if self.upsample_to_input:
             x = _upsample_by(x, self.feature_stride)
         return x
@@ -255,6 +275,9 @@ class DeconvHead(nn.Module):
             stride would be below 1 or fractional; the message names the head and the backbone's
             strides and channels), ``feature_info`` is malformed, or an argument is out of range.
     """
+
+    # The output conv in float32 under mixed precision (speed.float32_output sets it; output_in_float32).
+    float32_output = True
 
     def __init__(
         self,
@@ -334,4 +357,4 @@ class DeconvHead(nn.Module):
             ``(h, w)``: ``H / stride`` for inputs divisible by the coarsest stride.
         """
         check_features("DeconvHead", features, self.feature_info)
-        return self.final(self.deconv_layers(features[-1]))
+        return output_in_float32(self.final, self.deconv_layers(features[-1]), self.float32_output)

@@ -1,13 +1,18 @@
-"""Which numeric precision a run computes in: ``trainer.precision=auto`` and eval's ``precision=checkpoint``.
+"""Which numeric precision a run computes in: ``trainer.precision=auto``, and the inference precision of the
+end-of-run test (``test_precision``) and of ``eval.py`` (``precision``).
 
 ``auto`` picks ``bf16-mixed`` where the device computes bfloat16 natively (a CUDA GPU that supports it; a
 CPU with AVX512-BF16 or AMX, which oneDNN uses: an HRNet step 2.7x faster on this project's CPU) and
-``32`` elsewhere (bf16 emulated on an older CPU is slower than fp32). Evaluation follows the training
-run's precision unless told otherwise, so that the end-of-run test and ``eval.py`` score a checkpoint
-the same way; both print what they used.
+``32`` elsewhere (bf16 emulated on an older CPU is slower than fp32). Inference defaults to ``32`` in
+both the end-of-run test and ``eval.py``, so they agree, whatever the training precision: on the ISBI
+cephalograms bf16 inference cost 0.04-0.08 mm of MRE and 2-4 points of SDR@2mm on each of four
+checkpoints, where bf16 training cost nothing measurable (docs/results/precision_table.table.md).
+``checkpoint`` scores in the training run's precision instead. Both print what they used.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 import torch
 
@@ -52,3 +57,23 @@ def resolve_precision(value: object, accelerator: str = "auto", stored: object =
     if text in ("", "None"):
         raise ConfigError(f"{option}={value!r}: expected auto, 32, bf16-mixed, 16-mixed, 64 ...")
     return value, "as configured"  # as given: Lightning checks it and names it in its message
+
+
+def precision_plugin(precision: object, device_type: str) -> Any:
+    """Lightning's precision plugin for an inference ``precision`` on ``device_type`` (``cpu`` / ``cuda``):
+    what ``Trainer(precision=...)`` would build, so that the end-of-run test can score in another precision
+    than the fit (``trainer.strategy.precision_plugin = ...``)."""
+    from lightning.pytorch.plugins.precision import DoublePrecision, MixedPrecision, Precision
+
+    text = str(precision)
+    if text in ("32", "32-true"):
+        return Precision()
+    if text in ("64", "64-true"):
+        return DoublePrecision()
+    if text in ("bf16-mixed", "bf16"):
+        return MixedPrecision("bf16-mixed", device=device_type)
+    if text in ("16-mixed", "16"):
+        if device_type == "cpu":  # as Lightning does: no fp16 autocast on a CPU
+            return MixedPrecision("bf16-mixed", device="cpu")
+        return MixedPrecision("16-mixed", device=device_type, scaler=None)
+    raise ConfigError(f"test_precision={precision!r}: expected checkpoint, auto, 32, bf16-mixed, 16-mixed or 64")

@@ -1,4 +1,5 @@
-"""Speed switches that change how the model runs, never what it computes: channels_last and torch.compile.
+"""Speed switches that change how the model runs, never what it computes: channels_last and torch.compile;
+and, under mixed precision, which part stays in float32 (float32_output: the heatmap heads' output conv).
 
 The other switches of the GPU fast path are the Trainer's own (``trainer.precision=bf16-mixed``,
 ``trainer.benchmark=true`` for cudnn.benchmark) or the data's (``data.pin_memory``,
@@ -32,15 +33,20 @@ class SpeedOptions:
             ``true`` (torch's defaults) or a mapping of torch.compile's keyword arguments
             (``mode``, ``backend``, ``fullgraph``, ``dynamic``, ``options``). The first steps
             compile (seconds on a GPU, minutes for a training step on a CPU).
+        float32_output: under mixed precision, compute the heatmap heads' output conv in float32
+            (``hrexp.models.heads.output_in_float32``): a bfloat16 heatmap's quantised peak costs the
+            sub-pixel decoders accuracy, for a step cost too small to measure. ``false``: all in bf16.
     """
 
     channels_last: bool = False
     compile: bool | Mapping[str, Any] = False
+    float32_output: bool = True
     compile_kwargs: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        if not isinstance(self.channels_last, bool):
-            raise ValueError(f"speed.channels_last={self.channels_last!r}: expected true or false")
+        for name in ("channels_last", "float32_output"):
+            if not isinstance(getattr(self, name), bool):
+                raise ValueError(f"speed.{name}={getattr(self, name)!r}: expected true or false")
         if isinstance(self.compile, bool):
             self.compile_kwargs = {}
         elif isinstance(self.compile, Mapping):
@@ -57,7 +63,10 @@ class SpeedOptions:
         return self.compile is not False
 
     def apply(self, backbone: nn.Module, head: nn.Module | None) -> None:
-        """Convert the parameters' memory order and compile, in place (before the optimizer is built)."""
+        """Convert the parameters' memory order, set the head's output precision and compile, in place (before
+        the optimizer is built)."""
+        if head is not None and hasattr(head, "float32_output"):
+            head.float32_output = self.float32_output
         if self.channels_last:
             for part in (backbone, head):
                 if part is not None:
