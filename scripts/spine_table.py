@@ -8,7 +8,7 @@ HRNet-W32 with the best codec and refinement, trained and evaluated by hrexp's o
 Each model trains ``experiment=spine_<model>`` (the reduced version: ``REDUCED``, ``--minutes`` of training),
 ``eval.py`` scores its best-val-MRE checkpoint on the 128 test images (report, SDR curve, worst-case gallery,
 Cobb SMAPE), ``hrexp.compare`` compares the runs, and ``<out>/sdr_curve.png`` draws every model's SDR
-curve. ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec
+curve. ``hrnet_w18_awing`` is the best recipe of ``scripts/ceph_table.py`` (``CEPH_RECIPE``). ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec
 than gaussian, a run of its own), then ``experiment=spine_hrnet_w32_best`` trains only the refiner on that
 frozen stage 1 (half of ``--minutes`` in the reduced version); its training time is the sum of both. The
 table goes to ``docs/results/spine_table.json`` and ``.table.md`` (command, commit, machine, date, steps and
@@ -23,7 +23,12 @@ from pathlib import Path
 
 from timed_runs import COLUMNS, CPU, RESULTS, ROOT, train_and_eval, train_refiner, write_results
 
-MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best")
+MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best", "hrnet_w18_awing")
+# hrnet_w18_awing: the best recipe of scripts/ceph_table.py (docs/results/ceph_isbi2015.md) on the spines:
+# scratch HRNet-W18, Adaptive Wing loss, the precision trainer.precision=auto picks (bf16 where the CPU has it
+# natively), channels_last. spine_base takes no model, so model= composes here.
+CEPH_RECIPE = ("spine_base", ["model=hrnet_w18", "task/loss=adaptive_wing", "trainer.precision=auto",
+                              "speed.channels_last=true"])
 # The reduced CPU recipe: half the input (a vertebra 20 px tall), batch 4, lr 1e-3 after a 100-step warmup
 # (the experiments' 5-epoch warmup at 1e-4 would not end within the budget), no test inside the train run
 # (eval.py scores the best checkpoint). The same recipe as scripts/high_resolution.py, at 512x192.
@@ -33,7 +38,7 @@ REDUCED = [*CPU, "data.image_size=[512,192]", "data.batch_size=4", "optimizer.lr
 BEST_CODEC = "gaussian"
 FULL: list[str] = []  # the experiments as they are (sized for a GPU)
 # sdr_24: the plan's SDR@24px (original px), beside the radii relative to the height
-TABLE = ("variant", "params_M", "macs_G", "train_min", "steps", "epochs", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
+TABLE = ("variant", "params_M", "macs_G", "train_min", "steps", "epochs", "precision", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -61,6 +66,8 @@ def main(argv: list[str] | None = None) -> int:
                 stage1_name, "spine_hrnet_w32", [f"task/codec={BEST_CODEC}"], args.out, minutes, args.smoke, recipe)
             row = train_refiner(model, "spine_hrnet_w32_best", [], stage1, args.out,
                                 None if minutes is None else minutes / 2, args.smoke, recipe)
+        elif model == "hrnet_w18_awing":
+            row = train_and_eval(model, CEPH_RECIPE[0], CEPH_RECIPE[1], args.out, minutes, args.smoke, recipe=recipe)
         else:
             row = train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe)
         rows.append(row)

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import subprocess
 import sys
 
@@ -172,17 +173,23 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     assert facts["coarse"]["mre"] == pytest.approx(error.mean(), rel=1e-6)
 
 
-@pytest.mark.slow  # trains and evaluates the four spine experiments a few steps each (~2 min)
+@pytest.mark.slow  # trains and evaluates the five spine rows a few steps each (~2.5 min)
 def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
-    """scripts/spine_table.py --smoke: experiment=spine_unet / resnet50 / hrnet_w32 / hrnet_w32_best each run
+    """scripts/spine_table.py --smoke: experiment=spine_unet / resnet50 / hrnet_w32 / hrnet_w32_best and the ceph
+    recipe (hrnet_w18_awing) each run
     (their own models, on a tiny synthetic set), are evaluated, tabled and compared."""
     run_script("scripts/spine_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
     table = (tmp_path / "spine_table.table.md").read_text()
     assert "SMOKE RUN" in table
     record = json.loads((tmp_path / "spine_table.json").read_text())
-    assert [r["variant"] for r in record["rows"]] == ["unet", "resnet50", "hrnet_w32", "hrnet_w32_best"]
-    for model in ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best"):
+    models = ["unet", "resnet50", "hrnet_w32", "hrnet_w32_best", "hrnet_w18_awing"]
+    assert [r["variant"] for r in record["rows"]] == models
+    for model in models:
         assert f"| {model} |" in table
+    # the ceph recipe's row: HRNet-W18 (not the spine experiments' W32) with the Adaptive Wing loss
+    choices = json.loads((tmp_path / "hrnet_w18_awing" / "train" / "results.json").read_text())["choices"]
+    assert choices["model"] == "hrnet_w18", choices
+    assert "hrexp.losses.adaptive_wing.AdaptiveWingLoss" in (tmp_path / "hrnet_w18_awing" / "train" / "config.yaml").read_text()
     assert (tmp_path / "comparison" / "comparison.csv").is_file()
     assert (tmp_path / "sdr_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     # the refined row's training time is both runs' (stage 1 = the hrnet_w32 run, then the refiner)
@@ -230,6 +237,35 @@ def test_the_ceph_table_script_still_starts(tmp_path, cache_dir):
     assert {row["landmark"]: row["udp"] for row in landmarks["rows"]} == udp
     assert (tmp_path / "ceph_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(record["curves"]) >= {"gaussian", "progressive (progressive_low)", "ensemble3 (ensemble3_seed2)"}
+
+
+@pytest.mark.slow  # two landmarker runs and two hrexp runs of a few steps at 64x64 (~40 s)
+def test_the_landmarker_peer_script_still_starts(tmp_path, cache_dir):
+    """scripts/landmarker_peer.py --smoke in .venv-peer (`make peer-venv`): landmarker's SCN trains with each
+    optimizer on hrexp's split for the steps the smoke allows, hrexp's row is its run's eval report, and each row
+    carries a measured peak memory."""
+    shared_path("ceph_isbi2015", "train.csv")
+    peer_python = ROOT / ".venv-peer" / "bin" / "python"
+    if not peer_python.exists():
+        pytest.skip(f"{peer_python} not found: `make peer-venv` builds it (landmarker pins scipy<1.16)")
+    env = {**os.environ, "HREXP_CACHE_DIR": str(cache_dir), "WANDB_MODE": "offline"}
+    proc = subprocess.run([str(peer_python), str(ROOT / "scripts" / "landmarker_peer.py"), "--smoke", "--out",
+                           str(tmp_path)], cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    record = json.loads((tmp_path / "landmarker_peer.json").read_text())
+    assert "SMOKE RUN" in (tmp_path / "landmarker_peer.table.md").read_text()
+    hrexp, *peers = record["rows"]
+    assert hrexp["framework"] == "hrexp" and [p["optimizer"] for p in peers] == ["sgd", "adamw"]
+    report = json.loads((tmp_path / "hrexp" / "eval" / "report.json").read_text())["overall"]
+    assert hrexp["mre_mm"] == report["mre_mm"] and hrexp["sdr_2mm"] == report["sdr_20"]
+    for peer in peers:
+        assert peer["framework"].startswith("landmarker 0.4.1") and peer["input"] == "64x64"
+        # the smoke stops after two steps, then validates once
+        assert (peer["steps"], peer["epochs"], peer["batch"]) == (2, 1, 1)
+        history = json.loads((tmp_path / f"landmarker_{peer['optimizer']}" / "history.json").read_text())
+        assert peer["mre_mm"] == min(h["mre_mm"] for h in history) and peer["mre_mm"] > 0
+    for row in record["rows"]:
+        assert 0.2 < row["peak_rss_gb"] < 20, row
 
 
 @pytest.mark.slow  # two tiny runs, each scored at two precisions (~1 min)
