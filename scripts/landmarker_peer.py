@@ -38,12 +38,12 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
+from ceph_table import CPU, SMOKE  # noqa: E402  (hrexp's row runs ceph_table.py's recipe as it does)
 from timed_runs import RESULTS, ROOT, evaluate, max_time, train, write_results  # noqa: E402
 
 HREXP_RECIPE = "adaptive_wing"  # the best row of docs/results/ceph_table.table.md
 HREXP_OVERRIDES = ["task/loss=adaptive_wing"]
-CPU = ["data.num_workers=0", "trainer.max_epochs=1000", "trainer.precision=auto", "callbacks.progress_bar=null",
-       "test=false"]
+MM_RADII = (2.0, 2.5, 3.0, 4.0)  # the challenge's SDR radii
 TABLE = ("framework", "model", "optimizer", "input", "batch", "precision", "train_min", "steps", "epochs", "s_per_step",
          "peak_rss_gb", "params_M", "mre_mm", "median_mm", "sdr_2mm", "sdr_4mm")
 
@@ -121,12 +121,11 @@ def grey(images):
 
 
 def to_original(points_xy, matrix):
-    """Input-image (x, y) points back to original px through the inverse of the batch's 3x3 affine."""
-    import torch
+    """Input-image (x, y) points back to original px through the inverse of the batch's 3x3 affine (float64),
+    as hrexp's heatmap task maps its predictions."""
+    from hrexp.geometry import apply_affine, invert_affine
 
-    inverse = torch.linalg.inv(matrix.double())
-    homogeneous = torch.cat([points_xy.double(), torch.ones_like(points_xy[..., :1]).double()], dim=-1)
-    return (homogeneous @ inverse.transpose(-1, -2))[..., :2]
+    return apply_affine(points_xy.double(), invert_affine(matrix.double()))
 
 
 def validate(model, generator, criterion, loader, smoke: bool) -> dict:
@@ -135,17 +134,20 @@ def validate(model, generator, criterion, loader, smoke: bool) -> dict:
     import torch
     from landmarker.heatmap import heatmap_to_coord
 
+    from hrexp.reports.eval_plots import sdr_values
+
     model.eval()
     losses, errors = [], []
-    first = next(iter(loader))  # the errors are measured after mapping back through the inverse affine: check it
-    gap = float((to_original(first["keypoints"], first["matrix"]) - first["keypoints_orig"].double()).abs().max())
-    if gap > 0.01:
-        raise SystemExit(f"landmarker peer: the batch's matrix does not map keypoints back to keypoints_orig "
-                         f"({gap:.3g} px apart); the errors in mm would be wrong")
     with torch.no_grad():
         for i, batch in enumerate(loader):
             if smoke and i >= 2:
                 break
+            if i == 0:  # the errors are measured after mapping back through the inverse affine: check it once
+                truth = to_original(batch["keypoints"], batch["matrix"])
+                gap = float((truth - batch["keypoints_orig"].double()).abs().max())
+                if gap > 0.01:
+                    raise SystemExit(f"landmarker peer: the batch's matrix does not map keypoints back to "
+                                     f"keypoints_orig ({gap:.3g} px apart); the errors in mm would be wrong")
             out = model(grey(batch["image"]))
             target_yx = batch["keypoints"].flip(-1)
             losses.append(float(criterion(out, generator.sigmas, generator(target_yx))))
@@ -155,9 +157,9 @@ def validate(model, generator, criterion, loader, smoke: bool) -> dict:
             errors.append((error_px * batch["spacing"].double()[:, None]).flatten().numpy())
     model.train()
     mm = np.concatenate(errors)
+    sdr = sdr_values(mm, MM_RADII)
     return {"val_loss": float(np.mean(losses)), "mre_mm": float(mm.mean()), "median_mm": float(np.median(mm)),
-            "sdr_2mm": float((mm <= 2.0).mean()), "sdr_2.5mm": float((mm <= 2.5).mean()),
-            "sdr_3mm": float((mm <= 3.0).mean()), "sdr_4mm": float((mm <= 4.0).mean())}
+            **{f"sdr_{r:g}mm": float(v) for r, v in zip(MM_RADII, sdr)}}
 
 
 def train_peer(minutes: float, optimizer_name: str, out: Path, smoke: bool) -> dict:
@@ -237,8 +239,6 @@ def train_peer(minutes: float, optimizer_name: str, out: Path, smoke: bool) -> d
 
 def hrexp_row(ceph_runs: Path, memory_minutes: float, out: Path, smoke: bool) -> dict:
     """hrexp's best recipe: accuracy and s/step of ceph_table.py's finished run, peak memory of a short run here."""
-    from ceph_table import SMOKE
-
     run = ceph_runs / HREXP_RECIPE
     if smoke:  # a few steps on small images, trained and scored here
         record = train("hrexp", "ceph_isbi2015", HREXP_OVERRIDES, out, None, True, CPU, SMOKE)
