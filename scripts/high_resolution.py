@@ -21,14 +21,15 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, RESULTS, ROOT, train_and_eval, train_refiner, write_results
+from timed_runs import COLUMNS, CPU, FP32, RESULTS, ROOT, train_and_eval, train_refiner, write_results
 
 # The CPU recipe of this comparison, the same for every variant: a 256x128 input (a heatmap cell spans
 # ~37 original px of a 2360 px tall X-ray, the regime the codecs and the refinement are for) so that
 # stage 1 gets ~6 epochs in 15 min; batch 4; lr 1e-3 after a 100-step warmup (the experiment's 5-epoch
 # warmup at 1e-4 would never finish in the budget); the train run's own test is skipped (eval.py scores).
+# fp32 and NCHW, as the table's first runs: the rows differ from those only by the lr decaying over the time.
 RECIPE = [*CPU, "data.image_size=[256,128]", "data.batch_size=4", "optimizer.lr=1e-3", "scheduler.warmup_steps=100",
-          "test=false"]
+          "test=false", *FP32]
 
 CODECS = ("baseline", "udp", "simcc", "offset", "integral")
 VARIANTS = {  # name -> overrides of experiment=aasce_hrnet_w32

@@ -21,7 +21,7 @@ import argparse
 import csv
 from pathlib import Path
 
-from timed_runs import COLUMNS, CPU, RESULTS, ROOT, train_and_eval, train_refiner, write_results
+from timed_runs import COLUMNS, CPU, FP32, RESULTS, ROOT, train_and_eval, train_refiner, write_results
 
 MODELS = ("unet", "resnet50", "hrnet_w32", "hrnet_w32_best", "hrnet_w18_awing")
 # hrnet_w18_awing: the best recipe of scripts/ceph_table.py (docs/results/ceph_isbi2015.md) on the spines:
@@ -63,13 +63,14 @@ def main(argv: list[str] | None = None) -> int:
         if model == "hrnet_w32_best":
             stage1_name = "hrnet_w32" if BEST_CODEC == "gaussian" else f"hrnet_w32_{BEST_CODEC}"
             stage1 = next((r for r in rows if r["variant"] == stage1_name), None) or train_and_eval(
-                stage1_name, "spine_hrnet_w32", [f"task/codec={BEST_CODEC}"], args.out, minutes, args.smoke, recipe)
-            row = train_refiner(model, "spine_hrnet_w32_best", [], stage1, args.out,
+                stage1_name, "spine_hrnet_w32", [f"task/codec={BEST_CODEC}", *FP32], args.out, minutes, args.smoke,
+                recipe)
+            row = train_refiner(model, "spine_hrnet_w32_best", FP32, stage1, args.out,
                                 None if minutes is None else minutes / 2, args.smoke, recipe)
         elif model == "hrnet_w18_awing":
             row = train_and_eval(model, CEPH_RECIPE[0], CEPH_RECIPE[1], args.out, minutes, args.smoke, recipe=recipe)
-        else:
-            row = train_and_eval(model, f"spine_{model}", [], args.out, minutes, args.smoke, recipe=recipe)
+        else:  # fp32, as the rows of the plan's first table (the ceph recipe's row is the one in bf16)
+            row = train_and_eval(model, f"spine_{model}", FP32, args.out, minutes, args.smoke, recipe=recipe)
         rows.append(row)
         write_results("spine_table", "The reference plan's comparison on AASCE", rows, TABLE, results, notes)
     # every model's SDR curve on one plot, from the errors of its eval's predictions.csv

@@ -163,3 +163,46 @@ def test_the_step_limit_still_ends_a_time_limited_run_that_runs_out_of_epochs_fi
     lrs = _timed_lrs(opt, sched, clock, [0.01, 0.02, 0.03, 0.04])
     assert lrs[1] == pytest.approx(1e-6 + (1e-3 - 1e-6) * 0.5 * (1 + math.cos(math.pi * 2 / 4)))  # steps: 2 of 4
     assert lrs[3] == pytest.approx(1e-6)
+
+
+class _FakeTimer:
+    """A Timer whose elapsed training time the test sets."""
+
+    def __init__(self):
+        self.elapsed = 0.0
+
+    def time_elapsed(self) -> float:
+        return self.elapsed
+
+
+def _budget_at(elapsed: float, budget_s=40.0, reserve_s=4.0, step_s=0.5):
+    from hrexp.callbacks.time_budget import TimeBudget
+
+    budget = TimeBudget()
+    budget.timer, budget.budget_s, budget.reserve_s, budget.step_s = _FakeTimer(), budget_s, reserve_s, step_s
+    budget.timer.elapsed = elapsed
+    return budget
+
+
+def test_the_time_budget_reading_by_hand():
+    # budget 40 s, reserve 4 s: A = 36 s for training, one step 0.5 s (no interval measured: step_s stays)
+    fraction, stop = _budget_at(20.0).measure(epoch_ends=False)
+    assert fraction == pytest.approx((20.0 + 0.5 + 0.5) / 36.0) and not stop
+    # this batch ends the epoch: a validation (the reserve) comes before the next step
+    fraction, stop = _budget_at(20.0).measure(epoch_ends=True)
+    assert fraction == pytest.approx((20.0 + 0.5 + 4.0 + 0.5) / 36.0) and not stop
+    # ... and near the end it would overrun: 33 + 0.5 + 4 > 36 + 0.5, so training stops now
+    assert _budget_at(33.0).measure(epoch_ends=True) == (1.0, True)
+
+
+def test_the_step_before_an_epoch_end_that_leaves_no_room_trains_at_the_clocks_end():
+    # elapsed 32 s: the next step ends at 32.5 s and its validation (4 s) would pass A = 36 s, so the next
+    # reading stops training: the next step is the last, and its lr is min_lr (fraction 1)
+    fraction, stop = _budget_at(32.0).measure(epoch_ends=False, next_ends_epoch=True)
+    assert fraction == 1.0 and not stop
+    # the same moment mid-epoch: (32 + 0.5 + 0.5) / 36, training goes on
+    fraction, _ = _budget_at(32.0).measure(epoch_ends=False, next_ends_epoch=False)
+    assert fraction == pytest.approx(33.0 / 36.0)
+    # with room for the validation and more steps, an epoch end changes nothing: 31 + 0.5 + 4 <= 36
+    fraction, _ = _budget_at(31.0).measure(epoch_ends=False, next_ends_epoch=True)
+    assert fraction == pytest.approx(32.0 / 36.0)

@@ -9,6 +9,9 @@ steps from ``max_epochs``, never decay. This callback turns the budget into the 
   two steps from now), where ``elapsed`` is the ``Timer``'s training time (it survives a resume:
   Lightning stores it in the checkpoint) and ``reserve`` is the longest of the last three validations with
   their checkpoint writes (estimated from the sanity check until a real one has run);
+* when the next step ends the epoch and the validation after it would leave no room for another step, the
+  next step is the last: its lr is set at the clock's end (else an epoch ending in the last reserve's
+  worth of time stopped training at an lr still above ``min_lr``);
 * it stops training after the step that trained at the clock's end (fraction 1), which ends about one
   step before ``max_time - reserve``: the final validation ends by ``max_time`` and validates weights whose
   last step trained at ``min_lr``, however noisy the step times (a stop decided by the step's own time
@@ -99,13 +102,15 @@ class TimeBudget(pl.Callback):
             self._validation_started = None
 
     # --- the clock ----------------------------------------------------------------------------
-    def measure(self, epoch_ends: bool) -> tuple[float, bool]:
+    def measure(self, epoch_ends: bool, next_ends_epoch: bool = False) -> tuple[float, bool]:
         """This rank's reading at an optimizer step: the clock's fraction for the next step's lr, and whether to stop.
 
         With ``s`` one step, ``r`` the reserve and ``A = budget - r`` the time for training: the next step's lr
         uses ``(elapsed + 2 s) / A`` (one step of margin: a slow step does not jump past the end), and training
         stops after this step if it trained at fraction 1, or if the next one would end more than a step past
         ``A``. A validation that runs before the next step (this batch ends the epoch) counts as ``r`` more.
+        If the next step ends the epoch and ``elapsed + s + r > A`` (its validation would stop training at the
+        next reading), the next step is the last and trains at fraction 1.
         """
         assert self.timer is not None and self.budget_s is not None
         now = time.monotonic()
@@ -122,14 +127,25 @@ class TimeBudget(pl.Callback):
         trained_at_the_end = (self.clock.fraction or 0.0) >= 1.0
         overrun = elapsed + ahead > available + (self.step_s or 0.0)
         fraction = min(1.0, max(0.0, (elapsed + ahead + (self.step_s or 0.0)) / available))
+        if next_ends_epoch and elapsed + ahead + reserve > available:
+            fraction = 1.0
         return fraction, trained_at_the_end or overrun
+
+    @staticmethod
+    def next_step_ends_epoch(trainer: pl.Trainer) -> bool:
+        """Whether the optimizer step after this one trains the epoch's last batch (a validation follows it)."""
+        batches = trainer.num_training_batches
+        if batches == float("inf") or trainer.fit_loop.epoch_loop.batch_progress.is_last_batch:
+            return False
+        accumulate = max(1, int(trainer.accumulate_grad_batches))
+        return trainer.fit_loop.epoch_loop.batch_idx + accumulate >= batches - 1
 
     def on_before_optimizer_step(self, trainer: pl.Trainer, pl_module: pl.LightningModule, optimizer: Any) -> None:
         # Lightning steps the scheduler right after this optimizer step: the lr it sets is the next step's.
         if self.timer is None:
             return
         epoch_ends = bool(trainer.fit_loop.epoch_loop.batch_progress.is_last_batch)
-        fraction, stop = trainer.strategy.broadcast(self.measure(epoch_ends), src=0)
+        fraction, stop = trainer.strategy.broadcast(self.measure(epoch_ends, self.next_step_ends_epoch(trainer)), src=0)
         self.clock.fraction = max(self.clock.fraction or 0.0, float(fraction))
         self._stop = bool(stop)
 
