@@ -3,8 +3,9 @@
     .venv/bin/python scripts/bf16_check.py            # the cases below, each in a fresh process (~1 min)
     .venv/bin/python scripts/bf16_check.py --smoke    # two cases
 
-Each case builds a scratch HRNet (``hrexp.models.hrnet``, seed 0), runs one forward pass in training mode under
-``torch.autocast("cpu", bfloat16)`` on random input and reports whether every output is finite. A fresh process
+Each case builds a scratch HRNet (``hrexp.models.hrnet``, seed 0), runs one forward pass in training mode and one
+in eval mode under ``torch.autocast("cpu", bfloat16)`` on random input and reports how many of the four branch
+outputs are finite in each. A fresh process
 per case, because the failures seen with torch 2.14.1 came from the first call of a shape (oneDNN creates its
 kernels then): HRNet-W32 at 64x32 returned NaN in channels_last at batch 2, 3 and 4, and the same input run
 after a batch-1 call of the same shape did not. fp32 never did. Writes ``docs/results/bf16_check.json`` and
@@ -38,8 +39,11 @@ x = torch.randn(batch, 3, h, w)
 if layout == "channels_last":
     net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)
 with torch.autocast("cpu", dtype=torch.bfloat16, enabled=dtype == "bf16"):
-    feats = net(x)
-print(",".join(str(bool(torch.isfinite(f).all())) for f in feats))
+    train = net(x)
+    net.eval()
+    with torch.no_grad():
+        evaluated = net(x)
+print(";".join(",".join(str(bool(torch.isfinite(f).all())) for f in feats) for feats in (train, evaluated)))
 """
 
 
@@ -48,9 +52,10 @@ def check(case: tuple) -> dict:
     proc = subprocess.run([sys.executable, "-c", WORKER, *map(str, case)], cwd=ROOT, capture_output=True, text=True)
     if proc.returncode != 0:
         raise SystemExit(f"case {case} failed:\n{proc.stderr[-2000:]}")
-    finite = proc.stdout.strip().splitlines()[-1].split(",")
+    train, evaluated = (part.split(",") for part in proc.stdout.strip().splitlines()[-1].split(";"))
     return {"input": f"{h}x{w}", "batch": batch, "model": f"hrnet_w{width}", "layout": layout, "autocast": dtype,
-            "finite_branches": f"{finite.count('True')}/{len(finite)}", "finite": all(f == "True" for f in finite)}
+            "finite_train": f"{train.count('True')}/{len(train)}", "finite_eval": f"{evaluated.count('True')}/{len(evaluated)}",
+            "finite": all(f == "True" for f in [*train, *evaluated])}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -63,9 +68,9 @@ def main(argv: list[str] | None = None) -> int:
         rows.append(check(case))
         print(rows[-1])
     notes = ["SMOKE RUN, not a result"] if args.smoke else [
-        "one forward pass in training mode, first call of the shape in a fresh process, seed 0, random input"]
+        "a forward pass in training mode, then one in eval mode; first call of the shape in a fresh process, seed 0, random input"]
     write_results("bf16_check", "bf16 autocast on this CPU: finite HRNet outputs?", rows,
-                  ("input", "batch", "model", "layout", "autocast", "finite_branches", "finite"),
+                  ("input", "batch", "model", "layout", "autocast", "finite_train", "finite_eval", "finite"),
                   args.results or (ROOT / "logs" / "bf16_check" if args.smoke else RESULTS), notes)
     return 0
 
