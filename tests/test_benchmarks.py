@@ -289,3 +289,13 @@ def test_the_precision_table_script_still_starts(tmp_path, cache_dir):
         assert "float32_output: false" in config
     mean = record["tables"]["Mean over seeds"]
     assert [r["train precision"] for r in mean["rows"]] == ["bf16-mixed", "32"]
+
+
+@pytest.mark.slow  # two forward passes of HRNet-W18 at 64x32, each in a fresh process (~15 s)
+def test_the_bf16_check_script_still_starts(tmp_path, cache_dir):
+    """scripts/bf16_check.py --smoke: its cases in order, both passes counted, and fp32 is finite."""
+    run_script("scripts/bf16_check.py", ["--smoke", "--results", str(tmp_path)], cache_dir, timeout=300)
+    rows = json.loads((tmp_path / "bf16_check.json").read_text())["rows"]
+    assert [(r["layout"], r["autocast"]) for r in rows] == [("NCHW", "bf16"), ("NCHW", "fp32")]
+    fp32 = rows[1]
+    assert fp32["finite_train"] == fp32["finite_eval"] == "4/4" and fp32["finite"] is True

@@ -23,12 +23,23 @@ def test_a_nonfinite_loss_stops_the_run_naming_step_and_samples_and_keeps_the_ch
     assert "training loss nan at step 2 (epoch 1, batch 0)" in message
     assert "train.csv:row" in message and ".png" in message  # the batch's samples, by file and row
     assert "nonfinite_loss=skip" in message
+    assert "oneDNN" not in message  # the bf16 hint only under bf16 (next test)
     run = tmp_path / "run"
     files = sorted(p.name for p in (run / "checkpoints").glob("*.ckpt"))
     assert len(files) == 3
     assert all(torch.load(run / "checkpoints" / f, map_location="cpu", weights_only=True)["epoch"] == 0 for f in files)
     record = json.loads((run / "results.json").read_text())
     assert record["status"] == "failed" and "at step 2" in record["error"]
+
+
+def test_a_nonfinite_loss_in_bf16_on_a_cpu_names_the_precision_and_what_to_try(compose_cfg):
+    from hrexp.jobs.train_run import run_job
+
+    with pytest.raises(FloatingPointError) as err:
+        run_job(compose_cfg([*NAN_AT_2, "trainer.precision=bf16-mixed", "trainer.accelerator=cpu"]))
+    message = str(err.value)
+    assert "training loss nan at step 2" in message and "trained in bf16-mixed on a CPU" in message
+    assert "trainer.precision=32" in message and "speed.channels_last=false" in message
 
 
 def test_skip_leaves_weights_and_optimizer_state_untouched_for_that_batch_and_counts_it(compose_cfg):

@@ -143,6 +143,10 @@ class HRExpModule(pl.LightningModule):
         names = [datamodule.sample_name("train", i) if datamodule is not None else f"train sample {i}" for i in indices]
         where = (f"training loss {float(loss.detach())} at step {self.global_step} (epoch {self.current_epoch}, batch "
                  f"{batch_idx}); its samples: {'; '.join(names) or 'unknown'}")
+        if "bf16" in str(self.trainer.precision) and self.device.type == "cpu":
+            # oneDNN's bf16 kernels (torch 2.14.1) returned NaN on tiny feature maps (scripts/bf16_check.py)
+            where += (f" (trained in {self.trainer.precision} on a CPU, where oneDNN's bf16 kernels have given NaN on "
+                      "small inputs: try trainer.precision=32 or speed.channels_last=false)")
         if self.nonfinite_loss == "stop":
             raise FloatingPointError(
                 f"{where}. The checkpoints written so far are kept; resume from last.ckpt, or set "
