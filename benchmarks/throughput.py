@@ -9,10 +9,9 @@ the picture (``benchmarks/data_pipeline.py`` measures that):
   not depend on what the pixels show. mmpose publishes about 120 images/s per V100 for this model.
 * landmarks: HRNet-W32, ``task=landmarks`` (40 heatmaps), 512x512 input, batch 16 on a GPU.
 
-Variants, each in a fresh process (peak memory of its own): fp32 eager (the reference), fp32 +
-channels_last, bf16-mixed, bf16-mixed + channels_last, the default (``trainer.precision=auto``:
-bf16-mixed where the device has native bf16; channels_last), and ``trainer=gpu_fast`` (bf16-mixed, channels_last, torch.compile,
-cudnn.benchmark). On a CPU compile is left out unless ``--compile`` is given (inductor compiles a
+Variants, each in a fresh process (peak memory of its own): fp32 eager (the reference and the CPU
+default), fp32 + channels_last, bf16-mixed, bf16-mixed + channels_last, and ``trainer=gpu_fast``
+(bf16-mixed, channels_last, torch.compile, cudnn.benchmark). On a CPU compile is left out unless ``--compile`` is given (inductor compiles a
 training step for many minutes there) and the last variant is the same set on the CPU.
 
 Model FLOP utilisation = 3 x forward multiply-adds x 2 x images/s / the card's dense bf16 peak (a
@@ -174,7 +173,6 @@ def variants(device_type: str, compile_on_cpu: bool) -> dict[str, list[str]]:
         "bf16-mixed + channels_last": [f"trainer.accelerator={accel}", "trainer.precision=bf16-mixed",
                                        "speed.channels_last=true"],
     }
-    out["the default (trainer.precision=auto, channels_last)"] = [f"trainer.accelerator={accel}"]
     if device_type == "cuda":
         out["trainer=gpu_fast (+ compile, cudnn.benchmark)"] = ["trainer=gpu_fast"]
         out["fp32 + channels_last + compile"] = ["trainer=gpu_fast", "trainer.precision=32"]

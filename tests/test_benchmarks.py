@@ -123,11 +123,11 @@ def test_throughput_smoke(smoke_results):
     pose, landmarks = _tables(smoke_results, "throughput")
     for table in (pose, landmarks):
         cells = _rows(table)
-        # On a CPU: the fp32 reference, bf16 autocast and channels_last; compile only with --compile.
-        assert list(cells) == ["fp32 (reference)", "bf16-mixed", "bf16-mixed + channels_last"]
+        # On a CPU: the fp32 reference, channels_last, bf16 autocast, both; compile only with --compile.
+        assert list(cells) == ["fp32 (reference)", "fp32 + channels_last", "bf16-mixed", "bf16-mixed + channels_last"]
         # Each variant's fitted run used what its name says.
-        assert [row["as run"] for row in cells.values()] == ["32-true, NCHW", "bf16-mixed, NCHW",
-                                                             "bf16-mixed, channels_last"]
+        assert [row["as run"] for row in cells.values()] == ["32-true, NCHW", "32-true, channels_last",
+                                                             "bf16-mixed, NCHW", "bf16-mixed, channels_last"]
         for row in cells.values():
             # images/s counts the batch the loader really made: the smoke run's batch of 2.
             assert math.isclose(row["images/s"], 2 / (row["step ms"] / 1000), rel_tol=1e-9)
