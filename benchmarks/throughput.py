@@ -11,8 +11,9 @@ the picture (``benchmarks/data_pipeline.py`` measures that):
 
 Variants, each in a fresh process (peak memory of its own): fp32 eager (the reference and the CPU
 default), fp32 + channels_last, bf16-mixed, bf16-mixed + channels_last, and ``trainer=gpu_fast``
-(bf16-mixed, channels_last, torch.compile, cudnn.benchmark). On a CPU compile is left out unless ``--compile`` is given (inductor compiles a
-training step for many minutes there) and the last variant is the same set on the CPU.
+(bf16-mixed, channels_last, torch.compile, cudnn.benchmark). On a CPU compile is left out unless
+``--compile`` is given (inductor compiles a training step for many minutes there) and the last variant
+is the same set on the CPU.
 
 Model FLOP utilisation = 3 x forward multiply-adds x 2 x images/s / the card's dense bf16 peak (a
 backward pass costs about twice the forward). The peak is looked up from the GPU's name, or given

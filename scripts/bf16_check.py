@@ -34,7 +34,7 @@ import sys, torch
 from hrexp.models.hrnet import HighResolutionNet
 h, w, batch, width = map(int, sys.argv[1:5]); layout, dtype = sys.argv[5], sys.argv[6]
 torch.manual_seed(0)
-net = HighResolutionNet(width=width, num_modules=[1, 4, 3], num_blocks=[4, 4, 4], multi_scale_output=True).train()
+net = HighResolutionNet(width=width).train()  # conf/model/hrnet_w<width>.yaml: the constructor defaults
 x = torch.randn(batch, 3, h, w)
 if layout == "channels_last":
     net, x = net.to(memory_format=torch.channels_last), x.contiguous(memory_format=torch.channels_last)

@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "docs" / "results"
 # The CPU recipe: batch 2, no loader workers (they would take the model's cores), time-bounded.
 CPU = ["data.batch_size=2", "data.num_workers=0", "trainer.max_epochs=1000", "callbacks.progress_bar=null"]
-# fp32 in NCHW, the defaults before trainer.precision=auto and channels_last: rows that compare with runs of then.
+# fp32 in NCHW, pinned: rows compared with earlier fp32 runs stay fp32 whatever the defaults become.
 FP32 = ["trainer.precision=32", "speed.channels_last=false"]
 # --smoke: the same commands on a tiny synthetic set, one short epoch, to check a script still starts.
 SMOKE = ["data=synthetic_spine", "data.num_train=8", "data.num_test=4", "data.image_size=[64,32]",
