@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 from pathlib import Path
 
 from timed_runs import COLUMNS, CPU, FP32, RESULTS, ROOT, train_and_eval, train_refiner, write_results
@@ -50,6 +51,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--smoke", action="store_true", help="a few steps on synthetic data (checks it starts)")
     parser.add_argument("--results", type=Path, default=None,
                         help="where the table goes as spine_table.json / .table.md (default: docs/results; --smoke: --out)")
+    parser.add_argument("--keep-other-rows", action="store_true",
+                        help="keep the rows of the table already in --results for the models not run now (their runs "
+                             "gone from --out); a note names the command, commit and date they came from")
     args = parser.parse_args(argv)
     recipe = FULL if args.full else REDUCED
     notes = (["SMOKE RUN (synthetic data), not a result"] if args.smoke else
@@ -57,7 +61,12 @@ def main(argv: list[str] | None = None) -> int:
               f"reduced CPU version: 512x192, {args.minutes:g} min of training each (trainer.max_time; the lr decays "
               "over it), the refiner half of it", "test split of AASCE (128 images), original px"])
     results = args.results or (args.out if args.smoke else RESULTS)
-    rows = []
+    kept = kept_rows(results / "spine_table.json", args.models) if args.keep_other_rows else []
+    if kept:
+        earlier = json.loads((results / "spine_table.json").read_text())
+        notes.append(f"rows {', '.join(r['variant'] for r in kept)} kept from `{earlier['command']}` at "
+                     f"{earlier['commit']}, {earlier['date']} (not rerun by this command)")
+    rows: list[dict] = []
     for model in args.models:
         minutes = None if args.full else args.minutes  # the full recipe runs its epochs
         if model == "hrnet_w32_best":
@@ -72,7 +81,7 @@ def main(argv: list[str] | None = None) -> int:
         else:  # fp32, as the rows of the plan's first table (the ceph recipe's row is the one in bf16)
             row = train_and_eval(model, f"spine_{model}", FP32, args.out, minutes, args.smoke, recipe=recipe)
         rows.append(row)
-        write_results("spine_table", "The reference plan's comparison on AASCE", rows, TABLE, results, notes)
+        write_results("spine_table", "The reference plan's comparison on AASCE", [*kept, *rows], TABLE, results, notes)
     # every model's SDR curve on one plot, from the errors of its eval's predictions.csv
     from hrexp.reports.eval_plots import sdr_curve
 
@@ -84,6 +93,13 @@ def main(argv: list[str] | None = None) -> int:
     from hrexp.compare import main as compare  # the curves and the table of the runs, labelled by their overrides
 
     return compare([*(str(args.out / m / "train") for m in args.models), "--out", str(args.out / "comparison")])
+
+
+def kept_rows(table: Path, models: list[str]) -> list[dict]:
+    """The rows of an earlier ``spine_table.json`` for the models not in ``models`` (none if there is no table)."""
+    if not table.exists():
+        return []
+    return [row for row in json.loads(table.read_text())["rows"] if row["variant"] not in models]
 
 
 if __name__ == "__main__":

@@ -22,6 +22,50 @@ def test_auto_picks_bf16_only_where_the_device_computes_it_natively(monkeypatch)
     assert resolve_precision(32)[0] == 32 and resolve_precision("bf16-mixed")[0] == "bf16-mixed"
 
 
+def test_auto_keeps_fp32_on_a_cpu_for_inputs_under_128_px(monkeypatch):
+    """oneDNN's bf16 kernels gave NaN at a 64x32 input (docs/results/bf16_check.table.md): auto trusts bf16 on a
+    CPU from 128 px on the shorter side."""
+    monkeypatch.setattr(precision_module, "native_bf16", lambda accelerator="auto": True)
+    chosen, why = resolve_precision("auto", "cpu", input_size=(64, 32))
+    assert chosen == "32" and "64x32" in why and "128" in why
+    assert resolve_precision("auto", "cpu", input_size=(256, 127))[0] == "32"
+    assert resolve_precision("auto", "cpu", input_size=(128, 128))[0] == "bf16-mixed"
+    assert resolve_precision("auto", "cpu", input_size=(384, 320))[0] == "bf16-mixed"
+    # checkpoint=auto is resolved for the same input
+    assert resolve_precision("checkpoint", "cpu", stored="auto", input_size=(64, 32))[0] == "32"
+
+
+def test_channels_last_auto_follows_the_input_size():
+    from hrexp.training.speed import SpeedOptions
+
+    assert SpeedOptions(channels_last="auto").resolve((64, 32)).channels_last is False
+    assert SpeedOptions(channels_last="auto").resolve((127, 512)).channels_last is False
+    assert SpeedOptions(channels_last="auto").resolve((128, 128)).channels_last is True
+    assert SpeedOptions(channels_last="auto").resolve(None).channels_last is False  # unknown input: NCHW
+    assert SpeedOptions(channels_last=False).resolve((512, 512)).channels_last is False  # explicit values stay
+    assert SpeedOptions(channels_last=True).resolve((64, 32)).channels_last is True
+    with pytest.raises(ValueError, match="speed.channels_last='yes': expected true, false or auto"):
+        SpeedOptions(channels_last="yes")
+
+
+def test_the_fit_validates_in_fp32_under_mixed_precision():
+    """Training steps autocast to bf16; validation steps run in float32 unless val_precision=fit."""
+    import torch
+
+    plugin = precision_module.fit_precision_plugin("bf16-mixed", "cpu")
+    a = torch.randn(8, 8)
+    with plugin.train_step_context():
+        assert (a @ a).dtype == torch.bfloat16
+    with plugin.val_step_context():
+        assert (a @ a).dtype == torch.float32
+    with plugin.test_step_context():  # the end-of-run test swaps in test_precision's own plugin
+        assert (a @ a).dtype == torch.bfloat16
+    assert precision_module.fit_precision_plugin("bf16-mixed", "cpu", "fit") is None  # Lightning's own plugin
+    assert precision_module.fit_precision_plugin("32-true", "cpu") is None  # nothing to change
+    with pytest.raises(ConfigError, match="val_precision='16': expected 32"):
+        precision_module.fit_precision_plugin("bf16-mixed", "cpu", "16")
+
+
 def test_checkpoint_precision_is_the_training_runs(monkeypatch):
     monkeypatch.setattr(precision_module, "native_bf16", lambda accelerator="auto": False)
     assert resolve_precision("checkpoint", stored="bf16-mixed")[0] == "bf16-mixed"
@@ -44,14 +88,24 @@ RUN = ["model=hrnet_w18", "trainer.max_epochs=1", "trainer.limit_train_batches=2
        "data.image_size=[64,32]", "data.batch_size=4", "data.num_workers=0", "trainer.precision=bf16-mixed"]
 
 
-@pytest.mark.slow  # one tiny bf16 training run and two evaluations (~1 min)
+@pytest.mark.slow  # one tiny bf16 training run and three evaluations (~1 min)
 def test_the_end_of_run_test_and_eval_score_in_fp32_unless_told(tmp_path, cache_dir):
-    """A bf16 run: its end-of-run test and eval.py both score in fp32 by default and agree exactly; eval.py
-    precision=checkpoint scores in the run's bf16, which differs; each says which precision it used."""
+    """A bf16 run: its validation, its end-of-run test and eval.py all score in fp32 by default and agree
+    exactly; eval.py precision=checkpoint scores in the run's bf16, which differs; each says which precision it
+    used."""
     run = tmp_path / "train"
     run_script("train.py", [*RUN, f"hydra.run.dir={run}"], cache_dir)
     record = json.loads((run / "results.json").read_text())
     assert record["precision"] == "bf16-mixed" and record["test_precision"] == "32-true"
+    assert record["val_precision"] == "32"
+    # the best validation value the fit logged (and chose the checkpoint on) is eval.py's on the val split
+    ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
+    on_val = tmp_path / "eval_val"
+    run_script("eval.py", [f"ckpt_path={ckpt}", "split=val", "report.enabled=false", f"hydra.run.dir={on_val}"],
+               cache_dir)
+    val_metrics = json.loads((on_val / "summary.json").read_text())["metrics"]
+    headline = record["monitor"]["metric"]
+    assert val_metrics[headline] == pytest.approx(record["best"][headline]["value"], rel=1e-6)
     ckpt = record["checkpoints"]["checkpoint_best_metric"]["path"]
     default, same = tmp_path / "eval_default", tmp_path / "eval_checkpoint"
     run_script("eval.py", [f"ckpt_path={ckpt}", "report.enabled=false", f"hydra.run.dir={default}"], cache_dir)

@@ -129,11 +129,12 @@ def test_gpu_fast_turns_on_the_set_and_single_options_still_override_it(compose_
                        "+trainer.sync_batchnorm=true"])
     assert (cfg.trainer.devices, cfg.trainer.sync_batchnorm, cfg.speed.compile) == (4, True, True)
     default = compose_cfg([])
-    assert (default.speed.channels_last, default.speed.compile, default.trainer.benchmark) == (False, False, None)
+    assert (default.speed.channels_last, default.speed.compile, default.trainer.benchmark) == ("auto", False, None)
+    assert default.trainer.precision == "auto"
 
 
 @pytest.mark.parametrize("key, value, expected", [
-    ("channels_last", "yes", "speed.channels_last='yes': expected true or false"),
+    ("channels_last", "yes", "speed.channels_last='yes': expected true, false or auto"),
     ("compile", "fast", "speed.compile='fast': expected true, false or a mapping"),
     ("compile", "{modee: max-autotune}", "speed.compile has unknown keys ['modee']"),
 ])

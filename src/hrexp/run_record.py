@@ -119,6 +119,8 @@ class RunRecord:
     train_time_s: float | None = None
     # The precision training computed in (trainer.precision resolved: auto -> 32 | bf16-mixed).
     precision: str | None = None
+    # The precision validation computed in during the fit (val_precision: 32 by default, or the fit's).
+    val_precision: str | None = None
     # The precision of the end-of-run test (test_precision resolved; default 32, as eval.py's).
     test_precision: str | None = None
     # Optimizer steps and epochs trained by the end of fit (a resumed run's earlier parts included).

@@ -149,7 +149,8 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                               f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
         module.collect_samples = options is not None or len(paths) > 1
         precision, why = resolve_precision(cfg.get("precision", "32"), cfg.trainer.get("accelerator", "auto"),
-                                           stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision")
+                                           stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision",
+                                           input_size=datamodule.input_size)
         rich.print(f"[bold]Precision[/bold] {precision} ({why})")
         trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
                               callbacks=[RichProgressBar()], precision=precision)

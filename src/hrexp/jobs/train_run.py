@@ -27,7 +27,8 @@ from hrexp.models.complexity import count_macs, count_parameters, parameter_coun
 from hrexp.run_record import Best, CheckpointInfo, Monitor, RunRecord, TestResult, write_record
 from hrexp.training.build import Callbacks, build_callbacks, build_datamodule, build_loggers, build_module, choices
 from hrexp.training.module import HRExpModule
-from hrexp.training.precision import precision_plugin, resolve_precision
+from hrexp.training.precision import (MixedPrecisionFloat32Validation, fit_precision_plugin, precision_plugin,
+                                     resolve_precision)
 from hrexp.utils.config_tree import print_and_save_config
 from hrexp.utils.hydra_runtime import in_multirun
 
@@ -167,13 +168,20 @@ def build_run(cfg: DictConfig, extra_callbacks: Sequence[pl.Callback] = ()) -> R
     if cfg.get("test") and cfg.get("train"):
         callbacks.checkpoint(cfg.test_ckpt)
     loggers = build_loggers(cfg.get("logger"))
-    precision, why = resolve_precision(cfg.trainer.get("precision", 32), cfg.trainer.get("accelerator", "auto"))
-    if rank_zero_only.rank == 0:
-        rich.print(f"[bold]Precision[/bold] {precision} ({why})")
+    precision, why = resolve_precision(cfg.trainer.get("precision", 32), cfg.trainer.get("accelerator", "auto"),
+                                       input_size=datamodule.input_size)
     trainer: pl.Trainer = instantiate(
         cfg.trainer, callbacks=[*callbacks.by_name.values(), *extra_callbacks], logger=loggers or False,
         precision=precision,
     )
+    # Validation in float32 by default (val_precision), as the end-of-run test and eval.py score.
+    fit_plugin = fit_precision_plugin(trainer.precision, trainer.strategy.root_device.type,
+                                      cfg.get("val_precision", "32"))
+    if fit_plugin is not None:
+        trainer.strategy.precision_plugin = fit_plugin
+    if rank_zero_only.rank == 0:
+        validation = "32" if fit_plugin is not None else f"{trainer.precision}, the fit's"
+        rich.print(f"[bold]Precision[/bold] {trainer.precision} ({why}); validation in {validation}")
     return RunParts(datamodule, module, callbacks, loggers, trainer)
 
 
@@ -209,6 +217,8 @@ def train(cfg: DictConfig) -> RunRecord:
     record.dataset_meta = dict(datamodule.dataset_meta)
     # data.batch_size is per process (Lightning's convention): what one optimizer step sees is more.
     record.precision = str(trainer.precision)
+    validates_in_32 = isinstance(trainer.strategy.precision_plugin, MixedPrecisionFloat32Validation)
+    record.val_precision = "32" if validates_in_32 else record.precision
     record.global_batch_size = datamodule.batch_size * trainer.world_size * trainer.accumulate_grad_batches
     log.info("batch: %d per process x %d processes x %d accumulated = %d samples per optimizer step",
              datamodule.batch_size, trainer.world_size, trainer.accumulate_grad_batches, record.global_batch_size)
@@ -250,7 +260,8 @@ def train(cfg: DictConfig) -> RunRecord:
             log.warning("No checkpoint to test (test_ckpt=%s); testing the current weights", cfg.get("test_ckpt"))
         # inference precision: test_precision (default 32, as eval.py's), not necessarily the fit's
         test_precision, why = resolve_precision(cfg.get("test_precision", "32"), cfg.trainer.get("accelerator", "auto"),
-                                                stored=record.precision, option="test_precision")
+                                                stored=record.precision, option="test_precision",
+                                                input_size=record.input_size)
         trainer.strategy.precision_plugin = precision_plugin(test_precision, trainer.strategy.root_device.type)
         record.test_precision = str(trainer.precision)
         if rank_zero_only.rank == 0:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Sequence
 
 import lightning.pytorch as pl
 from hydra.errors import InstantiationException
@@ -78,7 +78,7 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
         dataset_meta=datamodule.dataset_meta,
         # Configs stored by earlier runs have no such key: they stopped on a non-finite loss too.
         nonfinite_loss=cfg.get("nonfinite_loss", "stop"),
-        speed=build_speed(cfg.get("speed")),
+        speed=build_speed(cfg.get("speed"), datamodule.input_size),
     )
     try:
         task.on_module_built(module)
@@ -87,14 +87,16 @@ def build_module(cfg: DictConfig, datamodule: Any) -> HRExpModule:
     return module
 
 
-def build_speed(speed_cfg: DictConfig | None) -> SpeedOptions:
-    """The ``speed`` options (channels_last, compile); configs of earlier runs have none: both off."""
+def build_speed(speed_cfg: DictConfig | None, input_size: Sequence[int] | None = None) -> SpeedOptions:
+    """The ``speed`` options (channels_last, compile), ``auto`` resolved for the network's ``input_size``;
+    configs of earlier runs have none: both off."""
     if not speed_cfg:
         return SpeedOptions()
     try:
-        return instantiate(speed_cfg, _convert_="all")
+        options = instantiate(speed_cfg, _convert_="all")
     except InstantiationException as err:
         raise ConfigError(str(err.__cause__ or err)) from err
+    return options.resolve(input_size)
 
 
 @dataclass

@@ -10,10 +10,12 @@ from __future__ import annotations
 
 import logging
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any, Mapping, Sequence
 
 import torch
 from torch import nn
+
+from hrexp.training.precision import AUTO, input_is_small
 
 log = logging.getLogger(__name__)
 
@@ -27,7 +29,9 @@ class SpeedOptions:
 
     Args:
         channels_last: keep conv weights and input images in NHWC memory order, which tensor cores
-            (and oneDNN on a CPU) run without transposing. Same numbers up to float rounding.
+            (and oneDNN on a CPU) run without transposing. Same numbers up to float rounding. ``auto``:
+            on for inputs of ``MIN_BF16_SIDE`` (128) px or more on their shorter side (:meth:`resolve`;
+            oneDNN's bf16 kernels returned NaN in NHWC on HRNet's feature maps of a 64x32 input).
         compile: ``torch.compile`` the backbone and the head, in place (``nn.Module.compile``: the
             state-dict keys stay the same, so checkpoints load into an uncompiled model). ``false``,
             ``true`` (torch's defaults) or a mapping of torch.compile's keyword arguments
@@ -38,15 +42,16 @@ class SpeedOptions:
             sub-pixel decoders accuracy, for a step cost too small to measure. ``false``: all in bf16.
     """
 
-    channels_last: bool = False
+    channels_last: bool | str = False
     compile: bool | Mapping[str, Any] = False
     float32_output: bool = True
     compile_kwargs: dict[str, Any] = field(init=False, default_factory=dict)
 
     def __post_init__(self) -> None:
-        for name in ("channels_last", "float32_output"):
-            if not isinstance(getattr(self, name), bool):
-                raise ValueError(f"speed.{name}={getattr(self, name)!r}: expected true or false")
+        if not isinstance(self.channels_last, bool) and self.channels_last != AUTO:
+            raise ValueError(f"speed.channels_last={self.channels_last!r}: expected true, false or auto")
+        if not isinstance(self.float32_output, bool):
+            raise ValueError(f"speed.float32_output={self.float32_output!r}: expected true or false")
         if isinstance(self.compile, bool):
             self.compile_kwargs = {}
         elif isinstance(self.compile, Mapping):
@@ -58,6 +63,13 @@ class SpeedOptions:
             raise ValueError(f"speed.compile={self.compile!r}: expected true, false or a mapping of torch.compile "
                              f"arguments {list(COMPILE_KEYS)}")
 
+    def resolve(self, input_size: Sequence[int] | None) -> "SpeedOptions":
+        """``channels_last=auto`` decided for a network input (height, width): on unless the input is small
+        (``hrexp.training.precision.input_is_small``) or unknown (``None``). In place; returns self."""
+        if self.channels_last == AUTO:
+            self.channels_last = input_size is not None and not input_is_small(input_size)
+        return self
+
     @property
     def compiling(self) -> bool:
         return self.compile is not False
@@ -67,7 +79,7 @@ class SpeedOptions:
         the optimizer is built)."""
         if head is not None and hasattr(head, "float32_output"):
             head.float32_output = self.float32_output
-        if self.channels_last:
+        if self.channels_last is True:
             for part in (backbone, head):
                 if part is not None:
                     part.to(memory_format=torch.channels_last)
@@ -79,6 +91,6 @@ class SpeedOptions:
 
     def images(self, images: torch.Tensor) -> torch.Tensor:
         """The input batch in the memory order the weights use."""
-        if self.channels_last and images.dim() == 4:
+        if self.channels_last is True and images.dim() == 4:
             return images.contiguous(memory_format=torch.channels_last)
         return images
