@@ -77,8 +77,9 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     record's facts (:func:`record_row`) and the report's overall errors."""
     row = record_row(name, overrides, train(name, experiment, overrides, out, minutes, smoke, recipe))
     facts = evaluate(name, [row["checkpoint"]], out)
+    # a refined run: its overall errors are the gated points'; each stage's alone beside them
     return {**row, **facts["overall"], "coarse_mre": (facts.get("coarse") or {}).get("mre"),
-            "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+            "refined_mre": (facts.get("refined") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
 
 
 def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: dict, out: Path, minutes: float | None,

@@ -129,7 +129,10 @@ def test_stage_two_alone_starts_from_a_first_stage_checkpoint_and_keeps_it(compo
     (tmp_path / "stage1" / "results.json").write_text(json.dumps({"best": {"val/mre": {"value": 7.5}}}))
     _, datamodule, module = built(compose_cfg, [f"task.refine.stage1_ckpt={ckpt}", "task.refine.train_stage1=false",
                                                 "task.refine.jitter_px=auto"])
-    assert module.task.jitter_px == 7.5  # the first stage's best val/mre
+    # the per-axis sigma whose mean radial offset is the first stage's best val/mre (7.5 / 1.2533)
+    assert module.task.jitter_px == pytest.approx(7.5 / np.sqrt(np.pi / 2))
+    rng = np.random.default_rng(0)
+    assert np.hypot(*rng.normal(0, module.task.jitter_px, (2, 200_000))).mean() == pytest.approx(7.5, rel=0.01)
     before = {k: v.clone() for k, v in module.state_dict().items() if k.startswith(("backbone.", "task.head."))}
     assert all(torch.equal(before[k], v) for k, v in first.state_dict().items() if k in before)
     optimizer = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=0.1)
@@ -142,6 +145,16 @@ def test_stage_two_alone_starts_from_a_first_stage_checkpoint_and_keeps_it(compo
     changed = [k for k in before if not torch.equal(before[k], after[k]) and not k.endswith("num_batches_tracked")]
     assert changed == [], changed[:5]  # weights and BatchNorm statistics kept
     assert not any(p.requires_grad for p in module.backbone.parameters())
+    # the frozen stage 1 does not run in a training step: its outputs would only be multiplied by 0
+    calls = []
+    module.backbone.register_forward_hook(lambda *args: calls.append(1))
+    module.log = lambda *args, **kwargs: None  # (no Trainer here)
+    module._nonfinite = lambda loss: False
+    assert module.task.trains_on_outputs is False
+    loss = module.training_step(batch, 0)
+    loss.backward()
+    assert torch.isfinite(loss) and calls == []
+    assert any(p.grad is not None and p.grad.abs().sum() > 0 for p in module.task.refiner.parameters())
 
 
 def test_bad_refine_options_are_refused_by_name(compose_cfg):
@@ -184,3 +197,45 @@ def test_a_flipped_samples_patches_are_mirrored_with_their_targets(compose_cfg, 
     assert torch.equal(seen[1], seen[0].flip(-1))
     # inside a 32-px patch the mirrored x is 31 - x
     assert torch.allclose(encoded[1][..., 0], 31 - encoded[0][..., 0]) and torch.equal(encoded[1][..., 1], encoded[0][..., 1])
+
+
+def test_training_patches_always_hold_their_landmark(compose_cfg, monkeypatch):
+    """However wide the jitter, the truth stays inside its training patch, a heatmap sigma from the edge: the
+    offsets are clipped at max_offset_px (patch 32, stride 4, sigma 2: (31 / 2 - 8 - 0.5) = 7 px)."""
+    _, datamodule, module = built(compose_cfg, ["task.refine.jitter_px=1000"])
+    task = module.task.train()
+    assert task.max_offset_px == pytest.approx(7.0)
+    encoded = []
+    encode = task.refiner.codec.encode
+    monkeypatch.setattr(task.refiner.codec, "encode", lambda kp, *a, **kw: encoded.append(kp) or encode(kp, *a, **kw))
+    batch = next(iter(datamodule.train_dataloader()))
+    task.loss(None, batch)
+    target = torch.cat(encoded).reshape(-1, 2)  # the truth in patch px
+    assert float(target.min()) >= 8 - 1e-4 and float(target.max()) <= 23 + 1e-4
+    # ... and the clipping bites: with a 1000 px jitter nearly every offset sits at the limit
+    assert float(((target - 15.5).abs() > 6.4).float().mean()) > 0.9  # (7 px, less the centre's rounding)
+
+
+def test_export_refuses_a_refined_checkpoint_unless_told_to_export_stage_one(compose_cfg, tmp_path):
+    """One ONNX graph on the down-sized input cannot hold the refiner: export says so instead of silently writing
+    stage 1's points; coarse_only=true exports stage 1 and export.json says which stage the file holds."""
+    pytest.importorskip("onnxruntime")
+    from omegaconf import OmegaConf
+
+    from hrexp.jobs.export_run import export
+
+    _, _, module = built(compose_cfg)
+    ckpt = {"state_dict": module.state_dict(), "hrexp": {}}
+    module.on_save_checkpoint(ckpt)
+    path = tmp_path / "refined.ckpt"
+    torch.save(ckpt, path)
+    cfg = OmegaConf.create({"ckpt_path": str(path), "format": "onnx", "output": None, "batch": "fixed",
+                            "batch_size": 1, "decode": False, "coarse_only": False, "opset": 18, "check": False,
+                            "paths": {"output_dir": str(tmp_path / "out")}})
+    with pytest.raises(ConfigError, match="coarse-to-fine checkpoint .* coarse_only=true"):
+        export(cfg)
+    assert not (tmp_path / "out" / "model.onnx").exists()
+    cfg.coarse_only = True
+    export(cfg)
+    summary = json.loads((tmp_path / "out" / "export.json").read_text())
+    assert summary["stages"] == ["coarse"] and (tmp_path / "out" / "model.onnx").exists()

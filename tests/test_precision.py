@@ -76,11 +76,20 @@ def test_checkpoint_precision_is_the_training_runs(monkeypatch):
         resolve_precision("")
 
 
-def test_native_bf16_asks_the_cpu(monkeypatch):
+def test_native_bf16_asks_the_cpu_unless_the_environment_says(monkeypatch):
     import torch
 
+    monkeypatch.delenv("HREXP_NATIVE_BF16", raising=False)
     monkeypatch.setattr(torch.backends.mkldnn, "is_available", lambda: False)
     assert precision_module.native_bf16("cpu") is False
+    monkeypatch.setenv("HREXP_NATIVE_BF16", "1")
+    assert precision_module.native_bf16("cpu") is True
+    assert resolve_precision("auto", "cpu", input_size=(256, 128))[0] == "bf16-mixed"
+    monkeypatch.setenv("HREXP_NATIVE_BF16", "0")
+    assert resolve_precision("auto", "cpu", input_size=(256, 128))[0] == "32"
+    monkeypatch.setenv("HREXP_NATIVE_BF16", "yes")
+    with pytest.raises(ConfigError, match="HREXP_NATIVE_BF16='yes': expected 1"):
+        precision_module.native_bf16("cpu")
 
 
 RUN = ["model=hrnet_w18", "trainer.max_epochs=1", "trainer.limit_train_batches=2", "trainer.num_sanity_val_steps=0",

@@ -193,22 +193,33 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     image_rows = per_image_rows(samples, error, error_mm, ctx)
     write_table_csv(ctx.out_dir / "per_landmark.csv", landmark_rows)
     write_table_csv(ctx.out_dir / "per_image.csv", image_rows)
-    coarse = (radial_errors([{**s, "keypoints": s["keypoints_coarse"]} for s in samples])[0]
-              if "keypoints_coarse" in samples[0] else None)  # coarse-to-fine: stage 1's errors
+    # coarse-to-fine: each stage's own errors beside the gated ones (what the second stage and the gate bought)
+    stages = {key: radial_errors([{**s, "keypoints": s[f"keypoints_{key}"]} for s in samples])
+              for key in ("refined", "coarse") if f"keypoints_{key}" in samples[0]}
+    coarse = stages["coarse"][0] if "coarse" in stages else None
     write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx, coarse))
     sizes = image_sizes(samples, ctx)
-    overall = [{"images": len(samples), **_stats(error), **_sdr(error, radii), **relative_errors(error, sizes)}]
-    if np.isfinite(error_mm).any():
-        overall[0].update(_stats(error_mm, "_mm"))
-    if coarse is not None:  # what the second stage bought
-        overall = [{"stage": "refined (both stages)", **overall[0]},
-                   {"stage": "coarse (stage 1)", "images": len(samples), **_stats(coarse), **_sdr(coarse, radii),
-                    **relative_errors(coarse, sizes)}]
-        ctx.facts["coarse"] = overall[1]
+
+    def overall_row(px: np.ndarray, mm: np.ndarray) -> dict[str, Any]:
+        row = {"images": len(samples), **_stats(px), **_sdr(px, radii), **relative_errors(px, sizes)}
+        if np.isfinite(mm).any():
+            row.update(_stats(mm, "_mm"))
+        return row
+
+    overall = [overall_row(error, error_mm)]
+    if stages:
+        used = np.stack([np.asarray(s["refined_used"], bool) for s in samples]) if "refined_used" in samples[0] else None
+        share = None if used is None else number(used[np.isfinite(error)].mean())
+        overall = [{"stage": "gated (the checkpoint's gate)", "refined_share": share, **overall[0]},
+                   *({"stage": label, **overall_row(*stages[key])} for key, label in
+                     (("refined", "refined (stage 2 everywhere)"), ("coarse", "coarse (stage 1)")) if key in stages)]
+        for key, row in zip([k for k in ("refined", "coarse") if k in stages], overall[1:]):
+            ctx.facts[key] = row
     ctx.facts["overall"] = overall[0]
     write_table_csv(ctx.out_dir / "overall.csv", overall)
-    curve = sdr_curve({"all landmarks": error[np.isfinite(error)]}, ctx.out_dir / "sdr_curve.png",
-                      marks=radii, unit="px")
+    curves = {"all landmarks": error[np.isfinite(error)]} if not stages else {
+        "gated": error[np.isfinite(error)], **{key: stages[key][0][np.isfinite(stages[key][0])] for key in stages}}
+    curve = sdr_curve(curves, ctx.out_dir / "sdr_curve.png", marks=radii, unit="px")
     box = error_boxplot({name: error[:, k] for k, name in enumerate(names)}, ctx.out_dir / "error_boxplot.png",
                         unit="px", title="radial error per landmark")
     sections = [

@@ -51,6 +51,12 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     out_dir = Path(cfg.paths.output_dir)
     loaded = module_from_checkpoint(cfg.ckpt_path)
     module, data = loaded.module, loaded.data
+    refined = getattr(module.task, "refiner", None) is not None
+    if refined and not cfg.get("coarse_only", False):
+        raise ConfigError(f"ckpt_path={cfg.ckpt_path}: a coarse-to-fine checkpoint (refine=native). Its second stage "
+                          "refines patches of the original image cut around stage 1's points, which this one-graph "
+                          "export on the down-sized input cannot hold: the file would give stage 1's points "
+                          "unrefined. Run both stages with predict.py, or export stage 1 alone with coarse_only=true")
     model = DeployModel(module, decode=bool(cfg.decode)).eval()
 
     path = Path(cfg.output) if cfg.get("output") else out_dir / "model.onnx"
@@ -59,7 +65,9 @@ def export(cfg: DictConfig) -> dict[str, Any]:
     summary: dict[str, Any] = {"checkpoint": str(Path(cfg.ckpt_path).resolve()), "file": str(path.resolve()),
                                "format": cfg.format, "input": {"name": "images", "size": list(data.input_size)},
                                "batch": cfg.batch if cfg.batch == "dynamic" else cfg.batch_size,
-                               "outputs": model.output_names, "decode": bool(cfg.decode)}
+                               "outputs": model.output_names, "decode": bool(cfg.decode),
+                               # what the graph holds of a coarse-to-fine checkpoint: stage 1 alone
+                               "stages": ["coarse"] if refined else ["network"]}
     if cfg.check:
         generator = torch.Generator().manual_seed(0)
         sizes = [1, 3] if cfg.batch == "dynamic" else [cfg.batch_size]

@@ -3,7 +3,7 @@
 A task is the whole of what is specific to one kind of problem; everything else (the
 LightningModule, the run record, eval, the comparison, the W&B images) calls only this contract:
 
-* training and evaluation: ``forward(features)``, ``stride``, ``monitor``, ``flip_test``,
+* training and evaluation: ``forward(features)``, ``stride``, ``monitor``, ``flip_test``, ``trains_on_outputs``,
   ``has_targets(batch)``, ``loss(outputs, batch)``, ``eval_outputs(model, batch)``,
   ``predict(outputs, batch, flipped_outputs=None)``, ``update_metrics(stage, preds, batch)``,
   ``compute_metrics(stage)``, ``on_eval_epoch_start(stage, dataset)``;
@@ -67,6 +67,9 @@ class Task(nn.Module):
 
     task_name = "task"
     flip_test = False
+    # False: a training step's loss needs no network outputs (``loss(None, batch)``), so the module skips the
+    # backbone and head forward (a refiner trained on a frozen first stage).
+    trains_on_outputs = True
 
     def __init__(
         self,

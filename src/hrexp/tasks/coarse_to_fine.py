@@ -13,9 +13,17 @@ import torch
 from torch import Tensor, nn
 
 from hrexp.geometry import apply_affine
+from hrexp.metrics.direction import output_mode
+from hrexp.metrics.landmark_error import LandmarkError
+from hrexp.refine.conditioning import check_channels, gaussian_maps, nearest_others
+from hrexp.refine.gate import GateData, RefinementGate, fit_gate
 from hrexp.refine.patches import aligned_centres, crop_patches
 from hrexp.refine.refiner import Refiner
+from hrexp.tasks.base import STAGES
 from hrexp.tasks.landmarks import LandmarkTask
+
+# The stages' own errors are logged beside the headline (gated) ones: val/mre_coarse, val/mre_refined, ...
+STAGE_SUFFIXES = ("coarse", "refined")
 
 
 class CoarseToFineLandmarkTask(LandmarkTask):
@@ -23,14 +31,25 @@ class CoarseToFineLandmarkTask(LandmarkTask):
 
     Training: the loss is ``stage1_weight`` x stage 1's loss + the refiner's loss on patches centred on the
     ground truth moved by a random jitter (normal, ``jitter_px`` original px per axis: about stage 1's
-    error, so the refiner learns to correct the errors it will see); ``train_patches`` landmarks per image
-    (random, visible ones) keep the cost bounded. Evaluation: patches around stage 1's predictions; the
-    refined landmarks are the predictions (stage 1's are kept as ``keypoints_coarse``).
+    error, so the refiner learns to correct the errors it will see; clipped so that the truth stays inside
+    the patch, a heatmap sigma from its edge: a patch without its landmark teaches nothing);
+    ``train_patches`` landmarks per image (random, visible ones) keep the cost bounded. With stage 1 frozen
+    (``train_stage1=false``) a training step does not run stage 1 at all (``trains_on_outputs``): its
+    patches sit around the truth. Evaluation: patches around stage 1's predictions; the gate
+    (:mod:`hrexp.refine.gate`) keeps each refined point or stage 1's, per landmark, by the distance moved and
+    the refined peak. Every validation epoch refits it on that epoch's predictions (so the gated val error is
+    never above stage 1's), and it is saved in the checkpoint with the weights. The metrics (``val/mre``...)
+    score the gated points; ``..._coarse`` and ``..._refined`` score stage 1 and stage 2 alone, and
+    ``refined_used`` is the share of landmarks the gate passed.
 
     Args:
         refine: ``backbone`` (module), ``head`` (partial), ``codec``, ``loss``, ``patch_size`` (px of the
-            reduced original), ``scale`` (= ``data.refine_scale``), ``jitter_px`` (number, or ``auto``: the
-            best val/mre of ``stage1_ckpt``'s run), ``train_patches`` (per image; null: all),
+            reduced original), ``scale`` (= ``data.refine_scale``), ``jitter_px`` (per-axis sigma in original
+            px, or ``auto``: the sigma whose radial mean is the best val/mre of ``stage1_ckpt``'s run),
+            ``train_patches`` (per image; null: all), ``gate`` (false: no gate, stage 2 everywhere),
+            ``condition`` (extra input channels, :mod:`hrexp.refine.conditioning`: ``centre``, ``neighbours``;
+            the refiner's backbone takes 3 + that many channels), ``num_neighbours``, ``neighbour_sigma``
+            (patch px),
             ``stage1_ckpt`` (an hrexp checkpoint whose backbone and head start stage 1),
             ``train_stage1`` (false: stage 1 frozen, only the refiner learns), ``stage1_weight``.
         other arguments: as :class:`LandmarkTask`.
@@ -57,6 +76,41 @@ class CoarseToFineLandmarkTask(LandmarkTask):
                              f"stride {int(self.refiner.stride)}")
         if not self.train_stage1 and not self.stage1_ckpt:
             raise ValueError("task.refine.train_stage1=false needs task.refine.stage1_ckpt (a trained first stage)")
+        self.max_offset_px = self._max_offset_px(options["codec"])
+        self.condition = check_channels(options.get("condition") or [])
+        self.num_neighbours = int(options.get("num_neighbours", 8))
+        self.neighbour_sigma = float(options.get("neighbour_sigma", 4.0))
+        # The centre prior's width, patch px: the jitter's, kept in the checkpoint (a rebuilt config has no
+        # stage-1 run to read jitter_px=auto from).
+        self.register_buffer("centre_sigma", torch.tensor(max(self.jitter_px * self.scale, 1.0)))
+        first_conv = next((m for m in self.refiner.backbone.modules() if isinstance(m, nn.Conv2d)), None)
+        channels = 3 + len(self.condition)
+        if first_conv is not None and first_conv.in_channels != channels:
+            raise ValueError(f"task.refine.condition={self.condition} gives the refiner {channels} input channels (3 "
+                             f"image + {len(self.condition)}), but task.refine.backbone takes {first_conv.in_channels}: "
+                             f"set task.refine.backbone.in_chans={channels}")
+        self.gate = RefinementGate(self.num_keypoints)
+        self.gated = bool(options.get("gate", True))  # false: never fitted, stage 2 everywhere (ablations)
+        self.gate_data = GateData()
+        self.stage_errors = nn.ModuleDict({f"{stage}_{which}": LandmarkError(self.num_keypoints, self.sdr_radii)
+                                           for stage in STAGES for which in STAGE_SUFFIXES})
+
+    def _load_from_state_dict(self, state_dict: dict[str, Any], prefix: str, *args: Any, **kwargs: Any) -> None:
+        # checkpoints written before the centre prior existed: its width as this config gives it
+        state_dict.setdefault(prefix + "centre_sigma", self.centre_sigma.clone())
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
+    @property
+    def trains_on_outputs(self) -> bool:  # type: ignore[override]
+        """A frozen stage 1's outputs would only be multiplied by 0: its forward is skipped in training."""
+        return self.train_stage1
+
+    def _max_offset_px(self, codec: Any) -> float:
+        """The largest jitter per axis, original px, that keeps the truth inside its training patch with a
+        heatmap sigma (at least one stride) to spare from the edge, after the centre's rounding to a pixel."""
+        margin = float(getattr(codec, "sigma", 1.0)) * self.refiner.stride
+        half = (self.patch_size - 1) / 2 - max(margin, self.refiner.stride) - 0.5
+        return max(half, 0.0) / self.scale
 
     # ------------------------------------------------------------------ the module's hook
     def on_module_built(self, module: nn.Module) -> None:
@@ -82,15 +136,20 @@ class CoarseToFineLandmarkTask(LandmarkTask):
 
     # ------------------------------------------------------------------ training
     def loss(self, outputs: Tensor, batch: Mapping[str, Tensor]) -> Tensor:
-        stage1 = super().loss(outputs, batch) if self.train_stage1 else outputs.sum() * 0.0
-        truth, visible = batch["keypoints_orig"].float(), batch["visible_orig"] > 0
+        every_truth, every_visible = batch["keypoints_orig"].float(), batch["visible_orig"] > 0
+        stage1 = (super().loss(outputs, batch) if self.train_stage1 and outputs is not None
+                  else every_truth.new_zeros(()))
         # validation draws the same patches every epoch: val/loss compares checkpoints, not random draws
-        generator = None if self.training else torch.Generator(device=truth.device).manual_seed(0)
-        landmarks = self._training_landmarks(visible, generator)  # [B, M]
-        truth = torch.gather(truth, 1, landmarks[..., None].expand(-1, -1, 2))
-        visible = torch.gather(visible, 1, landmarks)
-        centres = truth + torch.randn(truth.shape, generator=generator, device=truth.device) * self.jitter_px
+        generator = None if self.training else torch.Generator(device=every_truth.device).manual_seed(0)
+        # where a stage 1 would put every landmark: the truth moved by a jitter of about its error
+        offsets = torch.randn(every_truth.shape, generator=generator, device=every_truth.device) * self.jitter_px
+        guesses = every_truth + offsets.clamp(-self.max_offset_px, self.max_offset_px)
+        landmarks = self._training_landmarks(every_visible, generator)  # [B, M]
+        index = landmarks[..., None].expand(-1, -1, 2)
+        truth, visible = torch.gather(every_truth, 1, index), torch.gather(every_visible, 1, landmarks)
+        centres = torch.gather(guesses, 1, index)
         patches, origin = self._patches(batch, centres)  # [B, M, 3, P, P], origin in reduced px
+        patches = self._conditioned(batch, patches, origin, centres, landmarks, guesses, every_visible)
         target = self._to_reduced(truth, batch) - origin  # the truth in patch px
         # A sample flipped by the augmentation has its landmarks relabelled by the flip pairs (landmark i is
         # what becomes i in the mirror image): its patches, cut from the unflipped original, are mirrored too.
@@ -128,6 +187,28 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         patches = crop_patches(self.refiner.normalise(batch["original"]), aligned, self.patch_size)
         return patches, aligned - (self.patch_size - 1) / 2
 
+    def _conditioned(self, batch: Mapping[str, Tensor], patches: Tensor, origin: Tensor, centres: Tensor,
+                     landmarks: Tensor, everyone: Tensor, present: Tensor) -> Tensor:
+        """``patches`` with the ``condition`` channels appended (``[B, M, 3 + C, P, P]``): drawn from the patches'
+        own points ``centres [B, M, 2]`` and every landmark's point ``everyone [B, K, 2]`` (original px; stage
+        1's, or the jittered truth in training), ``present [B, K]`` which of those are known."""
+        if not self.condition:
+            return patches
+        b, m = landmarks.shape
+        size = self.patch_size
+        extra = []
+        for name in self.condition:
+            if name == "centre":
+                own = (self._to_reduced(centres, batch) - origin)[:, :, None]  # [B, M, 1, 2] patch px
+                maps = gaussian_maps(own.flatten(0, 1), size, float(self.centre_sigma))
+            else:  # neighbours
+                others = nearest_others(centres, landmarks, everyone, present, self.num_neighbours)  # [B, M, n, 2]
+                s = batch["original_scale"].float()[:, None, None, None]
+                others = (others + 0.5) * s - 0.5 - origin[:, :, None]
+                maps = gaussian_maps(others.flatten(0, 1), size, self.neighbour_sigma)
+            extra.append(maps.reshape(b, m, 1, size, size).to(patches.dtype))
+        return torch.cat([patches, *extra], dim=2)
+
     # ------------------------------------------------------------------ evaluation
     @torch.no_grad()
     def predict(self, outputs: Tensor, batch: Mapping[str, Tensor],
@@ -138,31 +219,97 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         coarse = preds["keypoints"]
         b, k, _ = coarse.shape
         patches, origin = self._patches(batch, coarse)
-        landmark = torch.arange(k, device=coarse.device).repeat(b)
+        every = torch.arange(k, device=coarse.device).expand(b, k)
+        patches = self._conditioned(batch, patches, origin, coarse, every, coarse, torch.ones_like(every, dtype=torch.bool))
+        landmark = every.flatten()
         maps = self.refiner(patches.flatten(0, 1), landmark).float()  # [B * K, 1, h, w]
         points, scores = self.refiner.codec.decode(maps, stride=self.refiner.stride)  # [B * K, 1, 2] patch px
         s = batch["original_scale"].float()[:, None, None]
         refined = (points.reshape(b, k, 2) + origin + 0.5) / s - 0.5
-        preds.update(keypoints=refined, keypoints_coarse=coarse, scores=scores.reshape(b, k),
-                     keypoints_input=apply_affine(refined, batch["matrix"].float()))
+        refined_scores = scores.reshape(b, k)
+        gated, accepted = self.gate(coarse, refined, refined_scores)
+        preds.update(keypoints=gated, keypoints_coarse=coarse, keypoints_refined=refined, refined_used=accepted,
+                     scores_refined=refined_scores, scores=torch.where(accepted, refined_scores, preds["scores"]),
+                     keypoints_input=apply_affine(gated, batch["matrix"].float()))
         spread = self.refiner.codec.spread(maps, stride=self.refiner.stride)
-        if spread is None:
-            preds.pop("spread", None)  # stage 1's would describe the coarse points, not the refined ones
-        else:
-            preds["spread"] = spread.reshape(b, k) / s[..., 0]
+        coarse_spread = preds.pop("spread", None)
+        if spread is not None and (coarse_spread is not None or bool(accepted.all())):
+            spread = spread.reshape(b, k) / s[..., 0]
+            # each point's spread is its own stage's
+            preds["spread"] = spread if coarse_spread is None else torch.where(accepted, spread, coarse_spread)
         return preds
+
+    # ------------------------------------------------------------------ metrics: gated, and each stage alone
+    def update_metrics(self, stage: str, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
+        super().update_metrics(stage, preds, batch)
+        truth, visible, spacing = batch["keypoints_orig"], batch["visible_orig"], batch["spacing"]
+        for which in STAGE_SUFFIXES:
+            self.stage_errors[f"{stage}_{which}"].update(preds[f"keypoints_{which}"], truth, visible, spacing)
+        if stage == "val" and self.gated:
+            self.gate_data.update(preds["keypoints_coarse"], preds["keypoints_refined"], preds["scores_refined"],
+                                  truth, visible > 0, spacing)
+
+    def compute_metrics(self, stage: str) -> dict[str, Tensor]:
+        """The gated metrics (after validation: with the gate refitted on this epoch's predictions), each
+        stage's alone (``<stage>/mre_coarse``, ``<stage>/mre_refined``...) and ``<stage>/refined_used``."""
+        if stage == "val" and self.gated and self.gate_data.update_count > 0:
+            # every rank's predictions (cat across DDP ranks)
+            data = GateData.shaped(self.gate_data.compute(), self.num_keypoints)
+            self.gate_data.reset()
+            self.gate.set(*(t.to(self.gate.use.device) for t in
+                            fit_gate(data["coarse"], data["refined"], data["scores"], data["truth"], data["visible"])))
+            gated, accepted = self.gate(data["coarse"].to(self.gate.max_move.device),
+                                        data["refined"].to(self.gate.max_move.device),
+                                        data["scores"].to(self.gate.max_move.device))
+            # the gated error of the whole (gathered) epoch with the refitted gate: computed here, not synced again
+            metric = LandmarkError(self.num_keypoints, self.sdr_radii, sync_on_compute=False).to(gated.device)
+            metric.update(gated, data["truth"].to(gated.device), data["visible"].to(gated.device),
+                          data["spacing"].to(gated.device))
+            self.metrics[stage].reset()
+            values = {f"{stage}/{name}": value for name, value in metric.compute().items() if self.is_defined(value)}
+            seen = data["visible"].to(accepted.device)
+            used = accepted[seen].double().mean() if bool(seen.any()) else None
+        else:
+            values = super().compute_metrics(stage)
+            used = None
+        for which in STAGE_SUFFIXES:
+            errors = self.stage_errors[f"{stage}_{which}"]
+            values.update({f"{stage}/{name}_{which}": value for name, value in errors.compute().items()
+                           if self.is_defined(value)})
+            errors.reset()
+        if used is not None:
+            values[f"{stage}/refined_used"] = used.float()
+        return values
+
+    def metric_mode(self, name: str) -> str | None:
+        """A stage's own error (``val/mre_coarse``) goes the way of the gated one (``val/mre``)."""
+        stage, _, key = name.partition("/")
+        for which in STAGE_SUFFIXES:
+            if key.endswith(f"_{which}") and stage in STAGES:
+                return output_mode(self.metrics[stage], key[: -len(which) - 1])
+        if key == "refined_used":
+            return None
+        return super().metric_mode(name)
 
     def sample_results(self, preds: Mapping[str, Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         samples = super().sample_results(preds, batch)
         coarse = preds["keypoints_coarse"].detach().double().cpu().numpy()
+        refined = preds["keypoints_refined"].detach().double().cpu().numpy()
+        used = preds["refined_used"].detach().cpu().numpy()
         for i, sample in enumerate(samples):
-            sample["keypoints_coarse"] = coarse[i]
+            sample.update(keypoints_coarse=coarse[i], keypoints_refined=refined[i], refined_used=used[i])
         return samples
 
 
+# The mean length of a 2-D isotropic normal offset with per-axis sigma 1 (Rayleigh mean, sqrt(pi / 2)).
+RAYLEIGH_MEAN = math.sqrt(math.pi / 2)
+
+
 def jitter_from(value: Any, stage1_ckpt: str | None) -> float:
-    """``task.refine.jitter_px``: a number of original px, or ``auto``: the best val/mre of the run that wrote
-    ``stage1_ckpt`` (its ``results.json``, two folders up), i.e. the error the refiner will have to correct."""
+    """``task.refine.jitter_px``: a per-axis sigma in original px, or ``auto``: the sigma whose radial mean is
+    the best val/mre of the run that wrote ``stage1_ckpt`` (its ``results.json``, two folders up), i.e. the
+    error the refiner will have to correct: val/mre / sqrt(pi / 2), not val/mre (which would train on
+    offsets 1.25x the real ones)."""
     if value != "auto":
         jitter = float(value)
         if not (math.isfinite(jitter) and jitter >= 0):
@@ -175,4 +322,4 @@ def jitter_from(value: Any, stage1_ckpt: str | None) -> float:
         best = json.loads(record.read_text())["best"]["val/mre"]["value"]
     except (OSError, KeyError, TypeError, ValueError) as err:
         raise ValueError(f"task.refine.jitter_px=auto: no best val/mre in {record} ({err}); give a number") from err
-    return float(best)
+    return float(best) / RAYLEIGH_MEAN

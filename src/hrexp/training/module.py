@@ -125,7 +125,8 @@ class HRExpModule(pl.LightningModule):
             # A skipped step must not leave its mark on the BatchNorm statistics either: keep a copy of
             # the buffers (a few hundred kB for HRNet-W32) from the start of the optimizer step.
             self._saved_buffers = [b.detach().clone() for b in self.buffers()]
-        outputs = self(batch["image"])
+        # A task whose training loss needs no outputs (a refiner on a frozen stage 1) skips the forward.
+        outputs = self(batch["image"]) if self.task.trains_on_outputs else None
         loss = self.task.loss(outputs, batch)
         if self._nonfinite(loss):
             self._on_nonfinite_loss(loss, batch, batch_idx)

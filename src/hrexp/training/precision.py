@@ -17,6 +17,7 @@ score in the training run's precision instead. Each prints what it used.
 
 from __future__ import annotations
 
+import os
 from contextlib import nullcontext
 from typing import Any, ContextManager, Sequence
 
@@ -38,8 +39,19 @@ def input_is_small(input_size: Sequence[int] | None) -> bool:
     return input_size is not None and min(int(v) for v in input_size) < MIN_BF16_SIDE
 
 
+# Overrides the detection of native bf16 (1 / 0): for a CPU that oneDNN misjudges, or to check on one machine
+# what ``auto`` does on another.
+NATIVE_BF16_ENV = "HREXP_NATIVE_BF16"
+
+
 def native_bf16(accelerator: str = "auto") -> bool:
-    """Whether the device a Trainer with ``accelerator`` runs on computes bfloat16 natively."""
+    """Whether the device a Trainer with ``accelerator`` runs on computes bfloat16 natively (the environment
+    variable ``HREXP_NATIVE_BF16=1`` / ``0`` overrides the answer)."""
+    forced = os.environ.get(NATIVE_BF16_ENV, "").strip()
+    if forced in ("0", "1"):
+        return forced == "1"
+    if forced:
+        raise ConfigError(f"{NATIVE_BF16_ENV}={forced!r}: expected 1 (native bf16) or 0 (not), or unset (ask the device)")
     if str(accelerator) in ("auto", "gpu", "cuda") and torch.cuda.is_available():
         return bool(torch.cuda.is_bf16_supported())
     if str(accelerator) not in ("auto", "cpu"):

@@ -39,9 +39,19 @@ def run_group(prefix: Any = None, *, _root_: Any = None) -> str | None:
     return f"{prefix}-{name}" if prefix else name
 
 
+def refine_channels(condition: Any = None) -> int:
+    """The refiner's input channels: 3 image channels + one per ``task.refine.condition`` entry.
+
+    Used as ``in_chans: ${hrexp_refine_channels:${task.refine.condition}}`` in ``conf/refine/native.yaml``.
+    """
+    return 3 + len(list(condition or []))
+
+
 def register_resolvers() -> None:
     """Register hrexp's resolvers once (safe to call repeatedly)."""
     if not OmegaConf.has_resolver("slug"):
         OmegaConf.register_new_resolver("slug", slug)
     if not OmegaConf.has_resolver("hrexp_run_group"):
         OmegaConf.register_new_resolver("hrexp_run_group", run_group)
+    if not OmegaConf.has_resolver("hrexp_refine_channels"):
+        OmegaConf.register_new_resolver("hrexp_refine_channels", refine_channels)
