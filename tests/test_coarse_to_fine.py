@@ -216,25 +216,36 @@ def test_training_patches_always_hold_their_landmark(compose_cfg, monkeypatch):
     assert float(((target - 15.5).abs() > 6.4).float().mean()) > 0.9  # (7 px, less the centre's rounding)
 
 
-def test_export_refuses_a_refined_checkpoint_unless_told_to_export_stage_one(compose_cfg, tmp_path):
-    """One ONNX graph on the down-sized input cannot hold the refiner: export says so instead of silently writing
-    stage 1's points; coarse_only=true exports stage 1 and export.json says which stage the file holds."""
-    pytest.importorskip("onnxruntime")
+def _export_cfg(compose_cfg, tmp_path):
     from omegaconf import OmegaConf
-
-    from hrexp.jobs.export_run import export
 
     _, _, module = built(compose_cfg)
     ckpt = {"state_dict": module.state_dict(), "hrexp": {}}
     module.on_save_checkpoint(ckpt)
     path = tmp_path / "refined.ckpt"
     torch.save(ckpt, path)
-    cfg = OmegaConf.create({"ckpt_path": str(path), "format": "onnx", "output": None, "batch": "fixed",
-                            "batch_size": 1, "decode": False, "coarse_only": False, "opset": 18, "check": False,
-                            "paths": {"output_dir": str(tmp_path / "out")}})
+    return OmegaConf.create({"ckpt_path": str(path), "format": "onnx", "output": None, "batch": "fixed",
+                             "batch_size": 1, "decode": False, "coarse_only": False, "opset": 18, "check": False,
+                             "paths": {"output_dir": str(tmp_path / "out")}})
+
+
+def test_export_refuses_a_refined_checkpoint(compose_cfg, tmp_path):
+    """One ONNX graph on the down-sized input cannot hold the refiner: export says so instead of silently writing
+    stage 1's points."""
+    from hrexp.jobs.export_run import export
+
+    cfg = _export_cfg(compose_cfg, tmp_path)
     with pytest.raises(ConfigError, match="coarse-to-fine checkpoint .* coarse_only=true"):
         export(cfg)
     assert not (tmp_path / "out" / "model.onnx").exists()
+
+
+@pytest.mark.slow  # an ONNX export of HRNet-W18 (~50 s on 2 cores)
+def test_coarse_only_exports_stage_one_and_says_so(compose_cfg, tmp_path):
+    pytest.importorskip("onnxruntime")
+    from hrexp.jobs.export_run import export
+
+    cfg = _export_cfg(compose_cfg, tmp_path)
     cfg.coarse_only = True
     export(cfg)
     summary = json.loads((tmp_path / "out" / "export.json").read_text())
