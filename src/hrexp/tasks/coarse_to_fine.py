@@ -220,7 +220,8 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         b, k, _ = coarse.shape
         patches, origin = self._patches(batch, coarse)
         every = torch.arange(k, device=coarse.device).expand(b, k)
-        patches = self._conditioned(batch, patches, origin, coarse, every, coarse, torch.ones_like(every, dtype=torch.bool))
+        known = torch.ones_like(every, dtype=torch.bool)  # stage 1 puts every landmark somewhere
+        patches = self._conditioned(batch, patches, origin, coarse, every, coarse, known)
         landmark = every.flatten()
         maps = self.refiner(patches.flatten(0, 1), landmark).float()  # [B * K, 1, h, w]
         points, scores = self.refiner.codec.decode(maps, stride=self.refiner.stride)  # [B * K, 1, 2] patch px
@@ -241,7 +242,8 @@ class CoarseToFineLandmarkTask(LandmarkTask):
 
     # ------------------------------------------------------------------ metrics: gated, and each stage alone
     def update_metrics(self, stage: str, preds: Mapping[str, Tensor], batch: Mapping[str, Tensor]) -> None:
-        super().update_metrics(stage, preds, batch)
+        if not (stage == "val" and self.gated):  # gated validation is scored at its end, with the refitted gate
+            super().update_metrics(stage, preds, batch)
         truth, visible, spacing = batch["keypoints_orig"], batch["visible_orig"], batch["spacing"]
         for which in STAGE_SUFFIXES:
             self.stage_errors[f"{stage}_{which}"].update(preds[f"keypoints_{which}"], truth, visible, spacing)
@@ -254,20 +256,16 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         stage's alone (``<stage>/mre_coarse``, ``<stage>/mre_refined``...) and ``<stage>/refined_used``."""
         if stage == "val" and self.gated and self.gate_data.update_count > 0:
             # every rank's predictions (cat across DDP ranks)
-            data = GateData.shaped(self.gate_data.compute(), self.num_keypoints)
+            device = self.gate.use.device
+            data = {k: v.to(device) for k, v in GateData.shaped(self.gate_data.compute(), self.num_keypoints).items()}
             self.gate_data.reset()
-            self.gate.set(*(t.to(self.gate.use.device) for t in
-                            fit_gate(data["coarse"], data["refined"], data["scores"], data["truth"], data["visible"])))
-            gated, accepted = self.gate(data["coarse"].to(self.gate.max_move.device),
-                                        data["refined"].to(self.gate.max_move.device),
-                                        data["scores"].to(self.gate.max_move.device))
+            self.gate.set(*fit_gate(data["coarse"], data["refined"], data["scores"], data["truth"], data["visible"]))
+            gated, accepted = self.gate(data["coarse"], data["refined"], data["scores"])
             # the gated error of the whole (gathered) epoch with the refitted gate: computed here, not synced again
-            metric = LandmarkError(self.num_keypoints, self.sdr_radii, sync_on_compute=False).to(gated.device)
-            metric.update(gated, data["truth"].to(gated.device), data["visible"].to(gated.device),
-                          data["spacing"].to(gated.device))
-            self.metrics[stage].reset()
+            metric = LandmarkError(self.num_keypoints, self.sdr_radii, sync_on_compute=False).to(device)
+            metric.update(gated, data["truth"], data["visible"], data["spacing"])
             values = {f"{stage}/{name}": value for name, value in metric.compute().items() if self.is_defined(value)}
-            seen = data["visible"].to(accepted.device)
+            seen = data["visible"]
             used = accepted[seen].double().mean() if bool(seen.any()) else None
         else:
             values = super().compute_metrics(stage)
