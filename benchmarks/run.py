@@ -17,11 +17,11 @@ from pathlib import Path
 
 from benchmarks.common import RESULTS, ROOT
 
-BENCHMARKS = ["overhead", "models", "data_pipeline", "heatmap_resolution", "throughput"]
+BENCHMARKS = ["overhead", "models", "data_pipeline", "heatmap_resolution", "throughput", "refine_cost"]
 # The results files, in the index's order (models and heatmap_resolution write one per table or part, so
 # each can be rerun alone).
 RESULT_FILES = ["overhead", "models_scratch_timm", "models_latency", "models_scaling", "data_pipeline", "heatmap_resolution", "heatmap_resolution_accuracy",
-                "throughput"]
+                "throughput", "refine_cost"]
 
 
 def main(argv: list[str]) -> int:
@@ -52,7 +52,8 @@ Written by `python -m benchmarks.run` (`make bench`) from the per-benchmark file
 section says its machine, date and command. Timings are medians; read the ratios, which were measured
 side by side in one run (the machines are noisy). Targets from issue 14: framework overhead <= 1.02,
 scratch / timm HRNet <= 1.0, the data pipeline faster than the model at the default settings, the
-1/4-resolution heatmaps leaner than full-resolution ones at equal or better accuracy.
+1/4-resolution heatmaps leaner than full-resolution ones at equal or better accuracy; from issue 27, a
+refined (coarse-to-fine) training step at most 1.3x a stage-1 step.
 
 **GPU: not yet measured.** No GPU was at hand when these were run. On a GPU run
 `python -m benchmarks.run --device cuda` (all of them), or `python -m benchmarks.throughput --device

@@ -39,7 +39,8 @@ REDUCED = [*CPU, "data.image_size=[512,192]", "data.batch_size=4", "optimizer.lr
 BEST_CODEC = "gaussian"
 FULL: list[str] = []  # the experiments as they are (sized for a GPU)
 # sdr_24: the plan's SDR@24px (original px), beside the radii relative to the height
-TABLE = ("variant", "params_M", "macs_G", "train_min", "steps", "epochs", "precision", "best_val_mre", *COLUMNS, "sdr_24", "cobb_smape", "coarse_mre")
+TABLE = ("variant", "params_M", "macs_G", "train_min", "steps", "epochs", "precision", "best_val_mre", *COLUMNS, "sdr_24",
+         "cobb_smape", "coarse_mre", "coarse_cobb_smape")
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -79,7 +79,8 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
     facts = evaluate(name, [row["checkpoint"]], out)
     # a refined run: its overall errors are the gated points'; each stage's alone beside them
     return {**row, **facts["overall"], "coarse_mre": (facts.get("coarse") or {}).get("mre"),
-            "refined_mre": (facts.get("refined") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape")}
+            "refined_mre": (facts.get("refined") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape"),
+            "coarse_cobb_smape": (facts.get("cobb") or {}).get("smape_coarse")}
 
 
 def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: dict, out: Path, minutes: float | None,

@@ -136,10 +136,29 @@ def test_throughput_smoke(smoke_results):
     assert "pose" in pose["title"] and "landmarks" in landmarks["title"]
 
 
+def test_refine_cost_smoke(smoke_results):
+    """Each variant ran what its row names: stage 1 has no refiner; the refined rows' patches per step are
+    train_patches x batch at refine=native's patch size; the ratios are each row's time over stage 1's."""
+    (table,) = _tables(smoke_results, "refine_cost")
+    rows = _rows(table)
+    assert list(rows) == ["stage 1", "refine, stage 1 frozen", "refine, joint", "compare: refine, stage 1 frozen",
+                          "compare: refine, joint"]
+    base = rows["stage 1"]
+    assert (base["patches / step"], base["refiner params M"], base["step ratio"]) == (0, 0.0, 1.0)
+    for name, row in rows.items():
+        assert row["step ratio"] == pytest.approx(row["train step s"] / base["train step s"], rel=1e-9), name
+        assert row["val ratio"] == pytest.approx(row["val batch s"] / base["val batch s"], rel=1e-9), name
+    # smoke: batch 2, refine=native's 4 patches per image at 32 px; the comparison: 16 per image at 48 px
+    assert [rows["refine, joint"][c] for c in ("patches / step", "patch px")] == [8, 32]
+    assert [rows["compare: refine, joint"][c] for c in ("patches / step", "patch px")] == [32, 48]
+    # the comparison's refiner is the full HRNet-W18 (stage1_blocks 4, modules [1, 4, 3], blocks [4, 4, 4])
+    assert rows["compare: refine, joint"]["refiner params M"] > 4 * rows["refine, joint"]["refiner params M"]
+
+
 def test_the_index_holds_every_benchmark_and_says_the_gpu_is_not_measured(smoke_results):
     index = (smoke_results / "README.md").read_text()
     for name in ("overhead", "models_scratch_timm", "models_latency", "models_scaling", "data_pipeline",
-                 "heatmap_resolution", "heatmap_resolution_accuracy", "throughput"):
+                 "heatmap_resolution", "heatmap_resolution_accuracy", "throughput", "refine_cost"):
         assert f"## {name} (cpu)" in index, name
     assert "GPU: not yet measured" in index
 
@@ -173,16 +192,17 @@ def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir)
     assert facts["coarse"]["mre"] == pytest.approx(error.mean(), rel=1e-6)
 
 
-@pytest.mark.slow  # trains and evaluates the five spine rows a few steps each (~2.5 min)
+@pytest.mark.slow  # trains and evaluates three spine rows a few steps each (~1.5 min)
 def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
-    """scripts/spine_table.py --smoke: experiment=spine_unet / resnet50 / hrnet_w32 / hrnet_w32_best and the ceph
-    recipe (hrnet_w18_awing) each run
-    (their own models, on a tiny synthetic set), are evaluated, tabled and compared."""
-    run_script("scripts/spine_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
+    """scripts/spine_table.py --smoke: experiment=spine_hrnet_w32 and spine_hrnet_w32_best (the refiner on its
+    frozen stage 1) and the ceph recipe (hrnet_w18_awing) each run (on a tiny synthetic set), are evaluated,
+    tabled and compared (unet and resnet50 are one-run rows like hrnet_w32: tests/test_result_recipes.py)."""
+    models = ["hrnet_w32", "hrnet_w32_best", "hrnet_w18_awing"]
+    run_script("scripts/spine_table.py", ["--smoke", "--models", *models, "--out", str(tmp_path)], cache_dir,
+               timeout=1200)
     table = (tmp_path / "spine_table.table.md").read_text()
     assert "SMOKE RUN" in table
     record = json.loads((tmp_path / "spine_table.json").read_text())
-    models = ["unet", "resnet50", "hrnet_w32", "hrnet_w32_best", "hrnet_w18_awing"]
     assert [r["variant"] for r in record["rows"]] == models
     for model in models:
         assert f"| {model} |" in table
@@ -200,24 +220,27 @@ def test_the_spine_table_script_still_starts(tmp_path, cache_dir):
     assert minutes["hrnet_w32_best"] == pytest.approx(sum(seconds) / 60, rel=1e-3)
 
 
-@pytest.mark.slow  # trains the seven recipes' eleven runs a few steps each on real cephalograms (~3 min)
+@pytest.mark.slow  # trains three recipes' six runs a few steps each on real cephalograms (~1.5 min)
 def test_the_ceph_table_script_still_starts(tmp_path, cache_dir):
-    """scripts/ceph_table.py --smoke: every recipe trains and is scored in mm on the seeded validation split; the
-    two-stage recipes add their runs' minutes, progressive's second run starts from the first's checkpoint,
-    ensemble3 is scored as a three-member ensemble, and the per-landmark table is eval's per_landmark.csv."""
+    """scripts/ceph_table.py --smoke with the recipes of their own structure (the others are one-run recipes like
+    gaussian, composed in tests/test_result_recipes.py): each trains and is scored in mm on the seeded
+    validation split; the two-stage recipes add their runs' minutes, progressive's second run starts from the
+    first's checkpoint, ensemble3 is scored as a three-member ensemble, and the per-landmark table is eval's
+    per_landmark.csv."""
     shared_path("ceph_isbi2015", "train.csv")
-    run_script("scripts/ceph_table.py", ["--smoke", "--out", str(tmp_path)], cache_dir, timeout=1200)
+    run_script("scripts/ceph_table.py", ["--smoke", "--recipes", "gaussian", "progressive", "ensemble3", "--out",
+                                         str(tmp_path)], cache_dir, timeout=1200)
     record = json.loads((tmp_path / "ceph_table.json").read_text())
     assert "SMOKE RUN" in (tmp_path / "ceph_table.table.md").read_text()
     rows = {r["recipe"]: r for r in record["rows"]}
-    assert list(rows) == ["gaussian", "udp", "adaptive", "adaptive_wing", "hires_w18", "progressive", "ensemble3"]
+    assert list(rows) == ["gaussian", "progressive", "ensemble3"]
 
     def minutes(*runs):
         return sum(json.loads((tmp_path / run / "train" / "results.json").read_text())["train_time_s"] for run in runs) / 60
 
     assert rows["progressive"]["train_min"] == pytest.approx(minutes("progressive_low", "progressive"), rel=1e-6)
     assert rows["ensemble3"]["train_min"] == pytest.approx(minutes(*[f"ensemble3_seed{s}" for s in range(3)]), rel=1e-6)
-    assert rows["progressive"]["input"] == "384x320 then 512x416" and rows["hires_w18"]["input"] == "512x416"
+    assert rows["progressive"]["input"] == "384x320 then 512x416" and rows["gaussian"]["input"] == "384x320"
     high = (tmp_path / "progressive" / "train" / "config.yaml").read_text()
     low_ckpt = json.loads((tmp_path / "progressive_low" / "train" / "results.json").read_text())
     assert f"pretrained: {low_ckpt['checkpoints']['checkpoint_best_metric']['path']}" in high
@@ -232,11 +255,49 @@ def test_the_ceph_table_script_still_starts(tmp_path, cache_dir):
     assert len(landmarks["rows"]) == 19 and landmarks["columns"][1:] == list(rows)
     import csv
 
-    with open(tmp_path / "udp" / "eval" / "per_landmark.csv", newline="") as fh:
-        udp = {r["landmark"]: float(r["mre_mm"]) for r in csv.DictReader(fh)}
-    assert {row["landmark"]: row["udp"] for row in landmarks["rows"]} == udp
+    with open(tmp_path / "progressive" / "eval" / "per_landmark.csv", newline="") as fh:
+        progressive = {r["landmark"]: float(r["mre_mm"]) for r in csv.DictReader(fh)}
+    assert {row["landmark"]: row["progressive"] for row in landmarks["rows"]} == progressive
     assert (tmp_path / "ceph_curve.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert set(record["curves"]) >= {"gaussian", "progressive (progressive_low)", "ensemble3 (ensemble3_seed2)"}
+
+
+@pytest.mark.slow  # four runs of a few steps on real cephalograms and three evals (~2 min)
+def test_the_refinement_table_script_still_starts(tmp_path, cache_dir):
+    """scripts/refinement_table.py --smoke: stage 1 alone against stage 1 for half the time plus the refiner on
+    that frozen checkpoint (its row's time is both runs'), an ablation row with its conditioning, and where the
+    error goes (by stage-1 error bin, per landmark) read back from eval's predictions.csv."""
+    import csv
+
+    shared_path("ceph_isbi2015", "train.csv")
+    run_script("scripts/refinement_table.py", ["--smoke", "--ablation", "both", "--out", str(tmp_path)], cache_dir,
+               timeout=900)
+    record = json.loads((tmp_path / "refinement.json").read_text())
+    assert "SMOKE RUN" in (tmp_path / "refinement.table.md").read_text()
+    alone, both = record["rows"]
+
+    def facts(run):
+        return json.loads((tmp_path / run / "train" / "results.json").read_text())
+
+    assert both["train_min"] == pytest.approx((facts("stage1_half")["train_time_s"] + facts("refined")["train_time_s"]) / 60)
+    config = (tmp_path / "refined" / "train" / "config.yaml").read_text()
+    assert f"stage1_ckpt: {facts('stage1_half')['checkpoints']['checkpoint_best_metric']['path']}" in config
+    assert "train_stage1: false" in config and alone["coarse_mm"] == alone["refined_mm"] == alone["mre_mm"]
+    (ablation,) = record["tables"]["Ablation: refiner 15 min on stage 1 of 30 min"]["rows"]
+    assert ablation["row"] == "condition: both"
+    from omegaconf import OmegaConf
+
+    assert list(OmegaConf.load(tmp_path / "ablation_both" / "train" / "config.yaml").task.refine.condition) == [
+        "centre", "neighbours"]
+    with open(tmp_path / "refined" / "eval" / "predictions.csv", newline="") as fh:
+        predictions = [r for r in csv.DictReader(fh) if int(r["visible"])]
+    for stage, column in (("coarse", "error_coarse_px"), ("refined", "error_refined_px"), ("mre", "error_px")):
+        mean = np.mean([float(r[column]) for r in predictions]) / 10
+        assert both[f"{stage}_mm" if stage != "mre" else "mre_mm"] == pytest.approx(mean, rel=1e-4), stage
+    bins = record["tables"]["The refined run by stage-1 error"]["rows"]
+    assert sum(b["landmarks"] for b in bins) == len(predictions)
+    landmarks = record["tables"]["The refined run per landmark (mm)"]["rows"]
+    assert len(landmarks) == 19 and np.mean([r["coarse_mm"] for r in landmarks]) == pytest.approx(both["coarse_mm"], rel=1e-4)
 
 
 @pytest.mark.slow  # two landmarker runs and two hrexp runs of a few steps at 64x64 (~40 s)

@@ -122,3 +122,40 @@ def test_the_report_scores_predicted_corners_against_angles_csv(tmp_path):
     assert np.allclose([[float(r[f"pred_{j}"]) for j in (1, 2, 3)] for r in rows], predicted)
     assert np.allclose([[float(r[f"true_{j}"]) for j in (1, 2, 3)] for r in rows], truth)
     assert section.title == "Cobb angles"
+
+
+def test_a_refined_model_gets_each_stages_cobb_smape(tmp_path):
+    """Coarse-to-fine samples: the Cobb section scores the gated points as before and each stage's points
+    apart (facts ``smape_refined`` / ``smape_coarse``, one summary row each), so that a gate that spoils the
+    angles shows."""
+    from hrexp.data.landmarks.datamodule import AasceDataModule
+    from hrexp.evaluation.context import ReportContext
+    from hrexp.evaluation.landmark_report import cobb_section
+
+    root = shared_path("spine_aasce")
+    datamodule = AasceDataModule(root=root, image_size=[256, 128], batch_size=2, num_workers=0)
+    datamodule.setup()
+    records = datamodule.splits["test"].records[:6]
+    rng = np.random.default_rng(1)
+    samples = []
+    for i, r in enumerate(records):
+        coarse = r.keypoints + rng.normal(0, 12, r.keypoints.shape)
+        refined = r.keypoints + rng.normal(0, 3, r.keypoints.shape)
+        used = rng.random(68) < 0.5
+        samples.append({"index": i, "keypoints": np.where(used[:, None], refined, coarse), "keypoints_coarse": coarse,
+                        "keypoints_refined": refined, "refined_used": used, "keypoints_orig": r.keypoints,
+                        "visible_orig": np.ones(68)})
+    ctx = ReportContext(tmp_path, None, datamodule, "test")
+    section = cobb_section(samples, ctx)
+    truth = np.loadtxt(root / "labels" / "test" / "angles.csv", delimiter=",")
+    names = [n.strip() for n in (root / "labels" / "test" / "filenames.csv").read_text().splitlines()]
+    truth = np.array([truth[names.index(r.image_path.name)] for r in records])
+    for key, fact in (("keypoints", "smape"), ("keypoints_refined", "smape_refined"),
+                      ("keypoints_coarse", "smape_coarse")):
+        angles = np.array([cobb_angles(s[key], r.size[0]).angles for s, r in zip(samples, records)])
+        assert ctx.facts["cobb"][fact] == pytest.approx(cobb_smape(angles, truth), rel=1e-12), fact
+    # 3 px of noise gives better angles than 12 px
+    assert ctx.facts["cobb"]["smape_refined"] < ctx.facts["cobb"]["smape_coarse"]
+    summary = section.tables[0].rows
+    assert [row["points"] for row in summary] == ["gated", "refined", "coarse"]
+    assert summary[2]["cobb_smape_%"] == ctx.facts["cobb"]["smape_coarse"]

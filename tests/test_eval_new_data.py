@@ -100,6 +100,16 @@ def test_data_test_csv_alone_scores_other_images_with_the_checkpoints_data(refin
     assert summary["data"]["input_size"] == [64, 32]  # the checkpoint's, not landmarks_csv's [256, 128]
     assert summary["data"]["given"] == {"test_csv": str(files["other"])}
     assert summary["choices"]["data"] == "landmarks_csv" and summary["metrics"]["test/mre"] > 0
+    # predictions.csv: each stage's point and error, and the gated point is the stage the gate names
+    with open(out / "predictions.csv", newline="") as fh:
+        predictions = list(csv.DictReader(fh))
+    for r in predictions:
+        truth = np.array([float(r["x_true"]), float(r["y_true"])])
+        for stage in ("coarse", "refined"):
+            point = np.array([float(r[f"x_{stage}"]), float(r[f"y_{stage}"])])
+            assert float(r[f"error_{stage}_px"]) == pytest.approx(np.linalg.norm(point - truth), rel=1e-5, abs=1e-5)
+        chosen = "refined" if int(r["refined_used"]) else "coarse"
+        assert (float(r["x"]), float(r["y"])) == pytest.approx((float(r[f"x_{chosen}"]), float(r[f"y_{chosen}"])))
     # the checkpoint's spacing column was kept: errors in mm too (0.5 mm per pixel)
     with open(out / "per_landmark.csv", newline="") as fh:
         row = next(csv.DictReader(fh))

@@ -92,9 +92,10 @@ def test_an_unfitted_gate_passes_every_refined_point_and_old_checkpoints_load_un
     assert parent.gate.summary()["max_move_px"] == [1.0, 2.0, None]
 
 
-def perfect_stage1(task, batch):
-    """Stage 1's outputs for a batch: the heatmaps of the truth (so its points are within rounding of it)."""
-    truth = batch["keypoints_orig"].float()
+def perfect_stage1(task, batch, truth=None):
+    """Stage 1's outputs for a batch: the heatmaps of the truth (so its points are within rounding of it), or
+    of ``truth`` where given (original px)."""
+    truth = batch["keypoints_orig"].float() if truth is None else truth
     b, k, _ = truth.shape
     matrix = batch["matrix"].float()
     points = torch.einsum("bij,bkj->bki", matrix[:, :2, :2], truth) + matrix[:, None, :2, 2]
@@ -152,3 +153,49 @@ def test_gate_data_keeps_its_shapes_for_a_single_sample_and_landmark():
     assert shaped["scores"].shape == (1, 1) and shaped["spacing"].shape == (1,) and shaped["coarse"].shape == (1, 1, 2)
     use, _, _ = fit_gate(shaped["coarse"], shaped["refined"], shaped["scores"], shaped["truth"], shaped["visible"])
     assert use.tolist() == [False]  # stage 2 moved it 1.4 px off the truth stage 1 had
+
+
+def test_validation_keeps_stage_ones_errors_and_empirical_offsets_draw_each_landmarks_own(compose_cfg):
+    """offsets=empirical: after a validation the task holds stage 1's errors (point - truth) of every validation
+    landmark, and training offsets are drawn from the landmark's own errors (plus a quarter of the jitter as
+    noise); before any validation, and with offsets=normal, they are normal with sigma jitter_px."""
+    from hrexp.tasks.coarse_to_fine import EMPIRICAL_NOISE
+
+    _, datamodule, module = built(compose_cfg, ["task.refine.offsets=empirical"])
+    task = module.task
+    shift = torch.tensor([6.0, -4.0])
+    task.eval()
+    errors = []
+    with torch.no_grad():
+        for batch in datamodule.val_dataloader():
+            truth = batch["keypoints_orig"].float()
+            preds = task.predict(perfect_stage1(task, batch, truth + shift), batch)
+            errors.append(preds["keypoints_coarse"] - truth)
+            task.update_metrics("val", preds, batch)
+    task.compute_metrics("val")
+    errors = torch.cat(errors)
+    assert task.residuals.shape == errors.shape and bool(task.residual_seen.all())
+    torch.testing.assert_close(task.residuals, errors)
+
+    # hand-made residuals: landmark 0 was seen once, at (5, -3); landmark 1 never; the others at (0, 9) or (0, -9)
+    k = task.num_keypoints
+    residuals = torch.zeros(3, k, 2)
+    residuals[:, 2:] = torch.tensor([[0.0, 9.0], [0.0, -9.0], [0.0, 9.0]])[:, None]
+    residuals[1, 0] = torch.tensor([5.0, -3.0])
+    seen = torch.ones(3, k, dtype=torch.bool)
+    seen[:, :2] = False
+    seen[1, 0] = True
+    task.residuals, task.residual_seen = residuals, seen
+    task.jitter_px = 1.0
+    task.train()
+    torch.manual_seed(0)
+    offsets = task._offsets(torch.zeros(4000, k, 2), None)
+    noise = EMPIRICAL_NOISE * task.jitter_px
+    np.testing.assert_allclose(offsets[:, 0].mean(0).numpy(), [5.0, -3.0], atol=0.05)
+    assert float(offsets[:, 0].std(0).max()) == pytest.approx(noise, rel=0.1)
+    assert float(offsets[:, 1].std(0).mean()) == pytest.approx(task.jitter_px, rel=0.1)  # never seen: normal
+    ys = offsets[:, 2:, 1]
+    assert set(torch.round(ys).unique().tolist()) <= {-10.0, -9.0, -8.0, 8.0, 9.0, 10.0}  # only its own errors
+    assert float((ys > 0).float().mean()) == pytest.approx(2 / 3, abs=0.03)
+    task.offsets = "normal"
+    assert float(task._offsets(torch.zeros(4000, k, 2), None)[:, 0].std()) == pytest.approx(1.0, rel=0.1)

@@ -76,9 +76,10 @@ def per_image_rows(samples: Sequence[Mapping[str, Any]], error: np.ndarray, erro
 
 
 def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], error: np.ndarray,
-                    ctx: ReportContext, coarse_error: np.ndarray | None = None) -> list[dict[str, Any]]:
+                    ctx: ReportContext, coarse_error: np.ndarray | None = None,
+                    refined_error: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Every landmark of every image: prediction, truth (original px, pixel centres at integers), error,
-    confidences."""
+    confidences; coarse-to-fine: each stage's point and error, and whether the gate used stage 2's."""
     rows = []
     for i, sample in enumerate(samples):
         image = ctx.image_name(sample["index"])
@@ -94,6 +95,12 @@ def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], 
                 coarse = sample["keypoints_coarse"][k]
                 row.update(x_coarse=float(coarse[0]), y_coarse=float(coarse[1]),
                            error_coarse_px=number(coarse_error[i, k]))
+            if refined_error is not None:  # and stage 2's own point, and whether the gate kept it
+                refined = sample["keypoints_refined"][k]
+                row.update(x_refined=float(refined[0]), y_refined=float(refined[1]),
+                           error_refined_px=number(refined_error[i, k]))
+                if "refined_used" in sample:
+                    row["refined_used"] = int(bool(sample["refined_used"][k]))
             rows.append(row)
     return rows
 
@@ -153,6 +160,9 @@ def cobb_section(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> Se
     reference = getattr(ctx.datamodule, "reference_angles", None)
     truth_table = reference(ctx.split) if callable(reference) else None
     rows, predicted, truth = [], [], []
+    # coarse-to-fine: each stage's angles too (does the gate keep stage 1's angles, or improve them?)
+    stage_keys = [key for key in ("refined", "coarse") if samples and f"keypoints_{key}" in samples[0]]
+    per_stage: dict[str, list] = {key: [] for key in stage_keys}
     for sample in samples:
         record = records[int(sample["index"])]
         height = (record.size or read_image_size(record.image_path))[0]
@@ -164,6 +174,8 @@ def cobb_section(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> Se
         else:
             true_angles, source = np.asarray(cobb_angles(sample["keypoints_orig"], height).angles), "corners"
         predicted.append(pred.angles)
+        for key in stage_keys:
+            per_stage[key].append(cobb_angles(sample[f"keypoints_{key}"], height).angles)
         truth.append(true_angles)
         rows.append({"image": ctx.image_name(sample["index"]), "index": int(sample["index"]), "curve": pred.curve,
                      **{f"true_{j + 1}": float(true_angles[j]) for j in range(3)},
@@ -177,6 +189,14 @@ def cobb_section(samples: Sequence[Mapping[str, Any]], ctx: ReportContext) -> Se
     ctx.facts["cobb"] = {"smape": smape, "truth": source, "images": len(rows)}
     summary = [{"images": len(rows), "truth": source, "cobb_smape_%": smape,
                 "mean_abs_error_largest_deg": float(np.mean([r["abs_error_1"] for r in rows]))}]
+    if stage_keys:
+        summary[0] = {"points": "gated", **summary[0]}
+        for key in stage_keys:
+            angles = np.asarray(per_stage[key])
+            ctx.facts["cobb"][f"smape_{key}"] = cobb_smape(angles, np.asarray(truth))
+            summary.append({"points": key, "images": len(rows), "truth": source,
+                            "cobb_smape_%": ctx.facts["cobb"][f"smape_{key}"],
+                            "mean_abs_error_largest_deg": float(np.mean(np.abs(angles[:, 0] - np.asarray(truth)[:, 0])))})
     text = ("Cobb angles from the predicted vertebra corners with the AASCE 2019 challenge's procedure "
             "(hrexp.metrics.cobb), in angles.csv's order: the largest first, then the second and third "
             f"region's. Truth: {source}. SMAPE is the challenge's symmetric mean absolute percentage error.")
@@ -197,7 +217,8 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     stages = {key: radial_errors([{**s, "keypoints": s[f"keypoints_{key}"]} for s in samples])
               for key in ("refined", "coarse") if f"keypoints_{key}" in samples[0]}
     coarse = stages["coarse"][0] if "coarse" in stages else None
-    write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx, coarse))
+    refined = stages["refined"][0] if "refined" in stages else None
+    write_table_csv(ctx.out_dir / "predictions.csv", prediction_rows(samples, names, error, ctx, coarse, refined))
     sizes = image_sizes(samples, ctx)
 
     def overall_row(px: np.ndarray, mm: np.ndarray) -> dict[str, Any]:

@@ -71,6 +71,13 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         self.train_stage1 = bool(options.get("train_stage1", True))
         self.stage1_weight = float(options.get("stage1_weight", 1.0))
         self.jitter_px = jitter_from(options.get("jitter_px", 16.0), self.stage1_ckpt)
+        self.offsets = str(options.get("offsets", "normal"))
+        if self.offsets not in OFFSETS:
+            raise ValueError(f"task.refine.offsets={self.offsets!r}: expected one of {list(OFFSETS)}")
+        # stage 1's errors (point - truth, original px) on the last validation, and which were seen: what
+        # offsets=empirical draws from (not saved: a resumed run draws normal offsets until its next validation)
+        self.register_buffer("residuals", torch.zeros(0, self.num_keypoints, 2), persistent=False)
+        self.register_buffer("residual_seen", torch.zeros(0, self.num_keypoints, dtype=torch.bool), persistent=False)
         if self.patch_size < 8 or self.patch_size % int(self.refiner.stride):
             raise ValueError(f"task.refine.patch_size={self.patch_size}: expected >= 8 and a multiple of the refiner's "
                              f"stride {int(self.refiner.stride)}")
@@ -141,9 +148,8 @@ class CoarseToFineLandmarkTask(LandmarkTask):
                   else every_truth.new_zeros(()))
         # validation draws the same patches every epoch: val/loss compares checkpoints, not random draws
         generator = None if self.training else torch.Generator(device=every_truth.device).manual_seed(0)
-        # where a stage 1 would put every landmark: the truth moved by a jitter of about its error
-        offsets = torch.randn(every_truth.shape, generator=generator, device=every_truth.device) * self.jitter_px
-        guesses = every_truth + offsets.clamp(-self.max_offset_px, self.max_offset_px)
+        # where a stage 1 would put every landmark: the truth moved by an error like its own
+        guesses = every_truth + self._offsets(every_truth, generator).clamp(-self.max_offset_px, self.max_offset_px)
         landmarks = self._training_landmarks(every_visible, generator)  # [B, M]
         index = landmarks[..., None].expand(-1, -1, 2)
         truth, visible = torch.gather(every_truth, 1, index), torch.gather(every_visible, 1, landmarks)
@@ -163,6 +169,21 @@ class CoarseToFineLandmarkTask(LandmarkTask):
                                                       heatmap_size=tuple(maps.shape[-2:]), stride=self.refiner.stride)
         stage2 = self.refiner.loss_fn(maps, heatmaps.to(maps.dtype), weights.to(maps.dtype))
         return self.stage1_weight * stage1 + stage2
+
+    def _offsets(self, like: Tensor, generator: torch.Generator | None) -> Tensor:
+        """``[B, K, 2]`` offsets (original px) of the training patches' centres from the truth: normal with a
+        per-axis sigma ``jitter_px``, or (``offsets=empirical``, in training, once a validation has measured
+        them) each landmark's own stage-1 errors of that validation drawn at random, plus a quarter of that
+        normal noise (the shape of the real errors, not their 22 exact values)."""
+        normal = torch.randn(like.shape, generator=generator, device=like.device) * self.jitter_px
+        if self.offsets != "empirical" or not self.training or self.residuals.shape[0] == 0:
+            return normal
+        b, k, _ = like.shape
+        seen = self.residual_seen.to(like.device)
+        weights = seen.T.float() + (~seen.any(0))[:, None].float()  # a landmark never seen: any row (replaced below)
+        pick = torch.multinomial(weights, b, replacement=True, generator=generator).T  # [B, K] rows of residuals
+        drawn = self.residuals.to(like)[pick, torch.arange(k, device=like.device)]
+        return torch.where(seen.any(0)[None, :, None], drawn + EMPIRICAL_NOISE * normal, normal)
 
     def _training_landmarks(self, visible: Tensor, generator: torch.Generator | None = None) -> Tensor:
         """``[B, M]`` landmark indices per image: ``train_patches`` random visible ones (all when null)."""
@@ -247,18 +268,21 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         truth, visible, spacing = batch["keypoints_orig"], batch["visible_orig"], batch["spacing"]
         for which in STAGE_SUFFIXES:
             self.stage_errors[f"{stage}_{which}"].update(preds[f"keypoints_{which}"], truth, visible, spacing)
-        if stage == "val" and self.gated:
+        if stage == "val":  # the gate's data, and stage 1's errors that offsets=empirical draws from
             self.gate_data.update(preds["keypoints_coarse"], preds["keypoints_refined"], preds["scores_refined"],
                                   truth, visible > 0, spacing)
 
     def compute_metrics(self, stage: str) -> dict[str, Tensor]:
         """The gated metrics (after validation: with the gate refitted on this epoch's predictions), each
         stage's alone (``<stage>/mre_coarse``, ``<stage>/mre_refined``...) and ``<stage>/refined_used``."""
-        if stage == "val" and self.gated and self.gate_data.update_count > 0:
+        data = None
+        if stage == "val" and self.gate_data.update_count > 0:
             # every rank's predictions (cat across DDP ranks)
             device = self.gate.use.device
             data = {k: v.to(device) for k, v in GateData.shaped(self.gate_data.compute(), self.num_keypoints).items()}
             self.gate_data.reset()
+            self.residuals, self.residual_seen = (data["coarse"] - data["truth"]).float(), data["visible"].clone()
+        if data is not None and self.gated:
             self.gate.set(*fit_gate(data["coarse"], data["refined"], data["scores"], data["truth"], data["visible"]))
             gated, accepted = self.gate(data["coarse"], data["refined"], data["scores"])
             # the gated error of the whole (gathered) epoch with the refitted gate: computed here, not synced again
@@ -298,6 +322,10 @@ class CoarseToFineLandmarkTask(LandmarkTask):
             sample.update(keypoints_coarse=coarse[i], keypoints_refined=refined[i], refined_used=used[i])
         return samples
 
+
+OFFSETS = ("normal", "empirical")
+# offsets=empirical: the normal noise added to each drawn stage-1 error, as a share of jitter_px
+EMPIRICAL_NOISE = 0.25
 
 # The mean length of a 2-D isotropic normal offset with per-axis sigma 1 (Rayleigh mean, sqrt(pi / 2)).
 RAYLEIGH_MEAN = math.sqrt(math.pi / 2)
