@@ -96,7 +96,9 @@ EXTENDED = {
                     "test_only_rank_zero_writes_run_folders_inside_a_ddp_multirun"},
     "test_phases.py": {"test_under_ddp_the_frozen_backbone_stays_fixed_and_then_trains_in_step_on_both_ranks"},
     # sweeps: CI runs a failing job in a multirun and an Optuna study resumed from its storage
+    # (the multirun over three models, ending in a comparison: CI's slow set runs multiruns, compare its own tests)
     "test_sweep.py": {"test_optuna_sweep_runs_three_trials_and_reports_the_best",
+                      "test_multirun_over_three_models_logs_to_one_wandb_group_and_ends_in_a_comparison",
                       "test_joblib_launcher_runs_jobs_in_parallel_processes_with_their_own_folders",
                       "test_submitit_local_executor_runs_the_jobs",
                       "test_a_job_that_crashes_mid_run_still_closes_its_wandb_run",
@@ -108,6 +110,11 @@ EXTENDED = {
                       "test_a_fast_path_run_with_ema_is_evaluated_uncompiled_to_the_same_metric"},
     "test_seg_task.py": {"test_a_segmentation_ensemble_is_refused_before_scoring"},
     "test_predict.py": {"test_the_installed_command_and_the_script_refuse_a_bad_input"},
+    # the command line's error output: make test keeps one case per kind of error and per entry point but export
+    # (the in-process cases check every message, export's included)
+    "test_bad_inputs.py": {"test_the_command_line_prints_the_message_without_a_traceback[config-option]",
+                           "test_the_command_line_prints_the_message_without_a_traceback[config-sigma]",
+                           "test_the_command_line_prints_the_message_without_a_traceback[ckpt-text-export]"},
 }
 
 
@@ -121,11 +128,12 @@ def pytest_collection_modifyitems(config, items):
         name = getattr(item, "originalname", item.name)
         if getattr(item, "module", None) is not None:
             modules[file] = item.module
-        if chosen == "*" or (chosen and name in chosen):
+        # a name, or one case of a parametrised test as pytest names it (name[id])
+        if chosen == "*" or (chosen and (name in chosen or item.name in chosen)):
             item.add_marker(pytest.mark.extended)
             item.add_marker(pytest.mark.slow)
     for file, module in modules.items():  # only the files collected in this session (a -k, a path)
         chosen = EXTENDED.get(file)
-        missing = sorted(n for n in (() if chosen in (None, "*") else chosen) if not hasattr(module, n))
+        missing = sorted(n for n in (() if chosen in (None, "*") else chosen) if not hasattr(module, n.split("[")[0]))
         if missing:
             raise pytest.UsageError(f"tests/conftest.py EXTENDED names tests that {file} does not define: {missing}")

@@ -282,3 +282,35 @@ def test_spread_is_the_peak_width_in_input_pixels():
     two[0, 0] = torch.maximum(two[0, 0], 0.9 * two[0, 0].roll(4, dims=-1))
     # two equal Gaussians 4 cells apart: variance + (4 / 2)^2 in x, sqrt(8 + 4) / sqrt(8) = 1.22 (0.9 of a peak: a little less)
     assert float(codec.spread(two, stride=4.0)[0, 0]) > 1.15 * float(spread[0, 0])
+
+
+def test_point_covariance_is_the_peaks_own_ellipse_in_input_pixels():
+    """A tilted, elongated peak: the codec's covariance equals NumPy's weighted covariance of the same window
+    (times stride^2), and its trace is the spread squared; an isotropic Gaussian gives sigma^2 stride^2 on the
+    diagonal and no correlation."""
+    import numpy as np
+
+    codec = GaussianHeatmapCodec(sigma=2.0)
+    ys, xs = np.mgrid[0:32, 0:32].astype(np.float64)
+    # a Gaussian of covariance R diag(9, 1) R^T (30 degrees), centred at (14.3, 17.6) heatmap px
+    t = np.radians(30)
+    rotation = np.array([[np.cos(t), -np.sin(t)], [np.sin(t), np.cos(t)]])
+    sigma = rotation @ np.diag([9.0, 1.0]) @ rotation.T
+    d = np.stack([xs - 14.3, ys - 17.6], -1)
+    hm = np.exp(-0.5 * np.einsum("...i,ij,...j->...", d, np.linalg.inv(sigma), d))
+    maps = torch.from_numpy(hm)[None, None]
+    covariance = codec.point_covariance(maps, stride=4.0)[0, 0].numpy()
+    py, px = np.unravel_index(hm.argmax(), hm.shape)
+    w = np.where((abs(xs - px) <= 6) & (abs(ys - py) <= 6), hm, 0)
+    mx, my = (w * xs).sum() / w.sum(), (w * ys).sum() / w.sum()
+    expected = np.array([[(w * (xs - mx) ** 2).sum(), (w * (xs - mx) * (ys - my)).sum()],
+                         [(w * (xs - mx) * (ys - my)).sum(), (w * (ys - my) ** 2).sum()]]) / w.sum() * 16.0
+    np.testing.assert_allclose(covariance, expected, rtol=1e-9)
+    assert expected[0, 1] > 0.5 * np.sqrt(expected[0, 0] * expected[1, 1])  # tilted: clearly correlated
+    assert float(codec.spread(maps, stride=4.0)) ** 2 == pytest.approx(np.trace(covariance), rel=1e-9)
+    # an isotropic encoded Gaussian: sigma^2 * stride^2 per axis (the window cuts a little), no correlation
+    heatmaps, _ = codec.encode(torch.tensor([[[61.3, 45.8]]], dtype=torch.float64), torch.ones(1, 1),
+                               heatmap_size=(32, 32), stride=4.0)
+    iso = codec.point_covariance(heatmaps, stride=4.0)[0, 0].numpy()
+    np.testing.assert_allclose(np.diag(iso), [64.0, 64.0], rtol=0.05)
+    assert abs(iso[0, 1]) < 1.0

@@ -170,6 +170,34 @@ def test_csv_without_test_file_tests_on_val(tmp_path, caplog):
     assert batch["image"].shape == (2, 3, 32, 32) and torch.all(batch["spacing"] == 0.25)
 
 
+def test_a_test_split_is_carved_beside_val_when_asked(tmp_path):
+    """data.test_fraction: a seeded test split from the one training file, disjoint from train and val; the val
+    images with test_fraction=0 are untouched (the default keeps every earlier split); a given val file stays."""
+    csv = write_csv_dataset(tmp_path, 20)
+
+    def images(dm, split):
+        return {str(r.image_path) for r in dm.splits[split].records}
+
+    dm = CsvLandmarkDataModule(csv=str(csv), image_size=[32, 32], test_fraction=0.2, split_seed=3)
+    dm.setup()
+    # round(20 * 0.2) = 4 test, round(20 * 0.15) = 3 val images
+    assert dm.test_split_name == "test" and (len(dm.train_set), len(dm.val_set), len(dm.test_set)) == (13, 3, 4)
+    train, val, test = (images(dm, s) for s in ("train", "val", "test"))
+    assert not (train & val or train & test or val & test) and len(train | val | test) == 20
+    again = CsvLandmarkDataModule(csv=str(csv), image_size=[32, 32], test_fraction=0.2, split_seed=3)
+    again.setup()
+    assert images(again, "test") == test  # seeded
+    plain = CsvLandmarkDataModule(csv=str(csv), image_size=[32, 32], split_seed=3)
+    plain.setup()
+    assert plain.test_split_name == "val" and len(plain.val_set) == 3
+    given = CsvLandmarkDataModule(csv=str(csv), val_csv=str(write_csv_dataset(tmp_path, 2, "val.csv")),
+                                  image_size=[32, 32], test_fraction=0.25)
+    given.setup()
+    assert (len(given.train_set), len(given.val_set), len(given.test_set)) == (15, 2, 5)
+    with pytest.raises(ValueError, match="data.test_fraction=1.5"):
+        CsvLandmarkDataModule(csv=str(csv), image_size=[32, 32], test_fraction=1.5)
+
+
 def test_csv_explicit_splits(tmp_path):
     train = write_csv_dataset(tmp_path, 4)
     val = write_csv_dataset(tmp_path, 2, "val.csv")

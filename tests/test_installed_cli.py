@@ -88,6 +88,7 @@ def test_the_wheel_is_what_runs_with_its_configs_inside(installed):
     assert shipped == {p.relative_to(ROOT / "conf") for p in (ROOT / "conf").rglob("*.yaml")}
 
 
+@pytest.mark.slow  # three runs of the installed commands (~45 s): CI's slow set; make test keeps the wheel's checks
 def test_hrexp_train_eval_compare_from_an_empty_folder_with_the_users_config_folder(installed):
     bin_dir, work, configs, env, _ = installed
     _run([str(bin_dir / "hrexp-train"), "--config-dir", str(configs), "experiment=tiny"], cwd=work, env=env)

@@ -100,3 +100,28 @@ def test_gallery_draws_the_points_where_they_are_in_the_input():
         want = (expected_input[i] + 0.5) * scale - 0.5  # pixel-centre convention, enlarged
         for point in want:
             assert np.linalg.norm(centres - point, axis=1).min() < 0.5, (centres, want)  # the +-0.5 convention moves it 1.5 px
+
+
+def test_each_points_covariance_is_its_heatmap_peaks_in_original_pixels():
+    """Encoded Gaussians of sigma 1 cell (4 input px) through a similarity of scale 1/4 (and a 7-degree turn):
+    each point's covariance in original px is isotropic with sigma 16 px per axis (the window cuts a little),
+    its trace is the spread squared (the spread's scale factor is the affine's, the covariance's M S M^T), and
+    an ensemble's member covariance is the members' scatter about their mean."""
+    task = _task(False)
+    batch = _batch()
+    heatmaps, _ = task.codec.encode(batch["keypoints"], batch["visible"], heatmap_size=(32, 32), stride=4.0)
+    preds = task.predict(heatmaps, batch)
+    covariance = preds["covariance"].numpy()
+    assert covariance.shape == (2, 3, 2, 2)
+    np.testing.assert_allclose(covariance[..., 0, 0], 256.0, rtol=0.06)
+    np.testing.assert_allclose(covariance[..., 1, 1], 256.0, rtol=0.06)
+    assert np.abs(covariance[..., 0, 1]).max() < 0.05 * 256
+    np.testing.assert_allclose(preds["spread"].numpy() ** 2, np.trace(covariance, axis1=-2, axis2=-1), rtol=1e-5)
+    batch["index"] = torch.tensor([0, 1])
+    one = task.sample_results(preds, batch)
+    shifted = {**preds, "keypoints": preds["keypoints"] + torch.tensor([4.0, -2.0])}
+    two = task.sample_results(shifted, batch)
+    combined = task.combine_members([one, two])
+    # two members 2 * (2, -1) apart: each is (2, -1) from the mean, so the scatter is d d^T with d = (2, -1)
+    np.testing.assert_allclose(combined[0]["member_covariance"], np.tile([[4.0, -2.0], [-2.0, 1.0]], (3, 1, 1)))
+    np.testing.assert_allclose(combined[0]["covariance"], covariance[0], rtol=1e-5)

@@ -17,7 +17,8 @@ this class alone, so a new codec (a file of its own and a ``task/codec`` YAML) n
 * the flip test: :attr:`~KeypointCodec.flippable` (the outputs are one tensor of K maps in the image's
   frame, so a flipped image's outputs flip back by mirroring them and swapping the flip pairs);
 * confidences: :meth:`~KeypointCodec.decode`'s scores (what they are: :attr:`~KeypointCodec.confidence`)
-  and :meth:`~KeypointCodec.spread` (a peak width in input px, or None for a codec without one);
+  and :meth:`~KeypointCodec.spread` (a peak width in input px, or None for a codec without one) and
+  :meth:`~KeypointCodec.point_covariance` (the peak's 2x2 covariance in input px^2, or None);
 * export: :attr:`~KeypointCodec.graph_output_names` and :meth:`~KeypointCodec.output_tensors` (the
   network's outputs as the exported graph's tensors), :meth:`~KeypointCodec.tied_points` (the points whose
   decoding is a tie, which the export check does not compare).
@@ -45,8 +46,8 @@ class KeypointCodec(ABC):
     """Keypoints ``[B, K, 2]`` <-> the network's outputs (see the module docstring for who uses what).
 
     Subclasses implement :meth:`output_channels`, :meth:`encode` and :meth:`decode` and declare the class
-    attributes below; :meth:`spread`, :meth:`regularizer`, :meth:`keypoint_maps`, :meth:`output_tensors` and
-    :meth:`tied_points` have defaults.
+    attributes below; :meth:`spread`, :meth:`point_covariance`, :meth:`regularizer`, :meth:`keypoint_maps`,
+    :meth:`output_tensors` and :meth:`tied_points` have defaults.
     """
 
     #: None: the network outputs one tensor ``[B, output_channels(K), h, w]``; else a dict with these keys.
@@ -87,6 +88,11 @@ class KeypointCodec(ABC):
     def spread(self, outputs: Outputs, stride: float) -> Tensor | None:
         """How wide each keypoint's peak is, ``[B, K]`` in input px (a confidence beside the scores); None when
         the codec has no such measure."""
+        return None
+
+    def point_covariance(self, outputs: Outputs, stride: float) -> Tensor | None:
+        """Each keypoint's own uncertainty as a covariance ``[B, K, 2, 2]`` in input px^2 (``(x, y)`` order; what
+        conformal ellipses are scaled by, :mod:`hrexp.conformal`), or None when the codec has no such measure."""
         return None
 
     def regularizer(self, heatmap_size: tuple[int, int]) -> Tensor | None:

@@ -226,8 +226,9 @@ class GaussianHeatmapCodec(KeypointCodec):
         """How wide each heatmap's peak is: a confidence that :meth:`decode`'s peak value does not give.
 
         The radial standard deviation ``sqrt(var_x + var_y)`` of the map's positive part within
-        ``ceil(3 * sigma)`` heatmap pixels of its maximum, in input pixels. A sharp, isolated peak
-        has about the encoded width (``sigma * sqrt(2) * stride``); a flat or two-peaked map a wider one.
+        ``ceil(3 * sigma)`` heatmap pixels of its maximum (the trace of :meth:`point_covariance`), in input
+        pixels. A sharp, isolated peak has about the encoded width (``sigma * sqrt(2) * stride``); a flat or
+        two-peaked map a wider one.
 
         Args:
             outputs: ``[B, K, h, w]`` heatmaps.
@@ -236,6 +237,13 @@ class GaussianHeatmapCodec(KeypointCodec):
         Returns:
             ``[B, K]`` spreads in input pixels (0 for a map with no positive value near its maximum).
         """
+        covariance = self.point_covariance(outputs, stride)
+        return torch.sqrt(covariance[..., 0, 0] + covariance[..., 1, 1])
+
+    def point_covariance(self, outputs: Tensor, stride: float) -> Tensor:
+        """``[B, K, 2, 2]`` the covariance of each map's positive part within ``ceil(3 * sigma)`` heatmap pixels
+        of its maximum, ``(x, y)`` order, in input px^2: the peak's own shape (an elongated or tilted peak
+        gives an elongated or tilted ellipse; zeros for a map with no positive value near its maximum)."""
         heatmaps = outputs.double() if outputs.dtype == torch.float64 else outputs.float()
         b, k, h, w = heatmaps.shape
         idx = heatmaps.reshape(b, k, h * w).argmax(dim=-1)
@@ -249,9 +257,13 @@ class GaussianHeatmapCodec(KeypointCodec):
         total = weight.sum(dim=(-2, -1)).clamp(min=torch.finfo(heatmaps.dtype).tiny)
         mean_x = (weight.sum(dim=-2) * xs).sum(dim=-1) / total
         mean_y = (weight.sum(dim=-1) * ys).sum(dim=-1) / total
-        var_x = (weight.sum(dim=-2) * (xs - mean_x[..., None]) ** 2).sum(dim=-1) / total
-        var_y = (weight.sum(dim=-1) * (ys - mean_y[..., None]) ** 2).sum(dim=-1) / total
-        return torch.sqrt(var_x + var_y) * stride
+        dx = xs - mean_x[..., None]  # [B, K, w]
+        dy = ys - mean_y[..., None]  # [B, K, h]
+        var_x = (weight.sum(dim=-2) * dx ** 2).sum(dim=-1) / total
+        var_y = (weight.sum(dim=-1) * dy ** 2).sum(dim=-1) / total
+        cov_xy = (weight * dy[..., :, None] * dx[..., None, :]).sum(dim=(-2, -1)) / total
+        covariance = torch.stack([torch.stack([var_x, cov_xy], -1), torch.stack([cov_xy, var_y], -1)], -2)
+        return covariance * float(stride) ** 2
 
     @staticmethod
     def _quarter_offsets(hm: Tensor, px: Tensor, py: Tensor) -> tuple[Tensor, Tensor]:

@@ -48,6 +48,10 @@ class ReportContext:
     metrics: Mapping[str, float] = field(default_factory=dict)
     # What the report chose (gallery indices, ...), written to report.json beside report.html.
     facts: dict[str, Any] = field(default_factory=dict)
+    # A conformal calibration (hrexp.conformal.calibration.Calibration) whose regions the report measures.
+    calibration: Any = None
+    # the nominal levels its tables show (eval.yaml's conformal.levels; empty: the calibration's own)
+    calibration_levels: tuple[float, ...] = ()
 
     @property
     def dataset(self) -> Any:

@@ -21,8 +21,11 @@ from lightning.pytorch.callbacks import RichProgressBar
 from lightning.pytorch.utilities import rank_zero_only
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
+from hrexp.conformal.calibration import Calibration, calibration_path, fit
+from hrexp.conformal.regions import SHAPES
 from hrexp.errors import ConfigError
 from hrexp.evaluation.context import ReportContext, ReportOptions
+from hrexp.evaluation.regions import RELIABILITY_LEVELS, assess
 from hrexp.evaluation.tables import write_table_csv
 from hrexp.jobs.eval_data import EvalData, command_data_keys, eval_data, show
 from hrexp.jobs.train_run import seed_run
@@ -139,30 +142,36 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
                    + " ".join(f"data.{k}={show(v)}" for k, v in data.from_checkpoint.items()))
 
     datamodule = build_datamodule(run_cfg.data)
-    members: list[Member] = []
-    module = trainer = None
-    for path, ckpt in zip(paths, checkpoints):
-        member_cfg = run_config_for_eval(ckpt, cfg, path)
-        module = module_from_checkpoint(path, ckpt=ckpt, run_cfg=member_cfg, data=datamodule).module
-        if len(paths) > 1 and type(module.task).score_samples is Task.score_samples:
-            raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
-                              f"{run_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
-        module.collect_samples = options is not None or len(paths) > 1
-        precision, why = resolve_precision(cfg.get("precision", "32"), cfg.trainer.get("accelerator", "auto"),
-                                           stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision",
-                                           input_size=datamodule.input_size)
-        rich.print(f"[bold]Precision[/bold] {precision} ({why})")
-        trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
-                              callbacks=[RichProgressBar()], precision=precision)
-        split = datamodule.test_split_name if cfg.split == "test" else "val"
-        weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
-        rich.print(f"[bold]Evaluating checkpoint[/bold] {path} ({weights['kind']} weights) on the {split} split")
-        results = trainer.test(module, datamodule=SplitAsTest(datamodule, cfg.split), verbose=True)
-        metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
-        members.append(Member(path, ckpt, metrics, module.eval_samples))
-        if len(paths) > 1 and path != paths[-1]:
-            module.eval_samples = []  # the last member's module draws the report's heatmaps and features
-    assert module is not None and trainer is not None
+    conformal = conformal_options(cfg.get("conformal"))
+    calibration, calibration_file = None, None
+    if conformal.calibrate:
+        datamodule.setup("test")
+        scored = datamodule.test_split_name if cfg.split == "test" else "val"
+        if scored == "val":
+            raise ConfigError(f"conformal.calibrate=val with split={cfg.split}: the scored split is the val split "
+                              f"itself ({'the data has no test split' if cfg.split == 'test' else 'split=val'}); "
+                              "regions must be scored on other images than they were calibrated on (carve a test "
+                              "split, e.g. data.test_fraction=0.15 when training)")
+        rich.print("[bold]Conformal calibration[/bold] on the val split")
+        cal_members, cal_module, _ = score_members(paths, checkpoints, cfg, datamodule, "val", collect=True)
+        cal_task = cal_module.task
+        check_conformal_task(cal_task, cal_members[0].samples)
+        cal_samples = (cal_members[0].samples if len(cal_members) == 1 else
+                       cal_task.combine_members([m.samples for m in cal_members]))
+        source = {"split": "val", "checkpoint": [str(Path(p).resolve()) for p in paths],
+                  "date": datetime.now().isoformat(timespec="seconds")}
+        calibration = fit(cal_samples, cal_task.keypoint_names, calibration_levels(conformal.levels), conformal.shapes,
+                          conformal.per_landmark, source=source)
+        if rank_zero_only.rank == 0:
+            calibration.save(out_dir / "conformal.json")
+            calibration_file = calibration_path(paths[0]) if len(paths) == 1 else out_dir / "conformal.json"
+            calibration.save(calibration_file)
+            rich.print(f"[bold]Conformal calibration[/bold] written to {calibration_file}")
+    elif len(paths) == 1 and calibration_path(paths[0]).is_file():
+        calibration_file = calibration_path(paths[0])
+        calibration = Calibration.load(calibration_file)
+    members, module, trainer = score_members(paths, checkpoints, cfg, datamodule, cfg.split,
+                                             collect=options is not None or len(paths) > 1 or calibration is not None)
     task = module.task
     split = datamodule.test_split_name if cfg.split == "test" else "val"
     if len(members) == 1:
@@ -196,15 +205,116 @@ def evaluate(cfg: DictConfig) -> dict[str, Any]:
         summary["ensemble"] = {"members": [{"checkpoint": str(Path(m.path).resolve()), "metrics": m.metrics}
                                            for m in members],
                                "combined": "mean of the members' predictions (task.combine_members)"}
+    if calibration is not None:
+        check_conformal_task(task, samples)
+        spacing = spacing_of(samples)
+        summary["conformal"] = {"calibration": str(calibration_file), "calibrated_on": calibration.source,
+                                "levels": list(conformal.levels),
+                                "regions": assess(samples, calibration, conformal.levels, spacing)}
     if trainer.is_global_zero:
         if len(members) == 1:
             for name, rows in module.eval_tables.items():
                 write_table_csv(Path(tables[name]), rows)
         if options is not None:
-            context = ReportContext(out_dir, module, datamodule, cfg.split, options, metrics)
+            context = ReportContext(out_dir, module, datamodule, cfg.split, options, metrics, calibration=calibration,
+                                    calibration_levels=conformal.levels)
             summary["report"] = str(write_report(task, samples, context, summary, members))
         write_json(out_dir / "summary.json", summary)
     return summary
+
+
+def score_members(paths: Sequence[str], checkpoints: Sequence[dict[str, Any]], cfg: DictConfig, datamodule: Any,
+                  which: str, collect: bool) -> tuple[list[Member], Any, Any]:
+    """Score every checkpoint of ``paths`` on split ``which`` (test or val) of ``datamodule``: the members, the
+    last member's module (it draws the report's heatmaps and features) and its trainer. ``collect``: keep each
+    member's per-sample results."""
+    members: list[Member] = []
+    module = trainer = None
+    for path, ckpt in zip(paths, checkpoints):
+        member_cfg = run_config_for_eval(ckpt, cfg, path)
+        module = module_from_checkpoint(path, ckpt=ckpt, run_cfg=member_cfg, data=datamodule).module
+        if len(paths) > 1 and type(module.task).score_samples is Task.score_samples:
+            raise ConfigError(f"ckpt_path: {len(paths)} checkpoints (a seed ensemble), but task="
+                              f"{member_cfg.choices.get('task')} cannot score a combined prediction; give one checkpoint")
+        module.collect_samples = collect
+        precision, why = resolve_precision(cfg.get("precision", "32"), cfg.trainer.get("accelerator", "auto"),
+                                           stored=OmegaConf.select(member_cfg, "trainer.precision"), option="precision",
+                                           input_size=datamodule.input_size)
+        rich.print(f"[bold]Precision[/bold] {precision} ({why})")
+        trainer = instantiate(cfg.trainer, logger=build_loggers(cfg.get("logger")) or False,
+                              callbacks=[RichProgressBar()], precision=precision)
+        split = datamodule.test_split_name if which == "test" else "val"
+        weights = dict(ckpt["hrexp"].get("weights") or {"kind": "raw"})
+        rich.print(f"[bold]Evaluating checkpoint[/bold] {path} ({weights['kind']} weights) on the {split} split")
+        results = trainer.test(module, datamodule=SplitAsTest(datamodule, which), verbose=True)
+        metrics = {k.replace("test/", f"{split}/", 1): float(v) for k, v in (results[0] if results else {}).items()}
+        members.append(Member(path, ckpt, metrics, module.eval_samples))
+        if len(paths) > 1 and path != paths[-1]:
+            module.eval_samples = []
+    assert module is not None and trainer is not None
+    return members, module, trainer
+
+
+@dataclass
+class ConformalOptions:
+    """eval.yaml's ``conformal`` (see there)."""
+
+    calibrate: str | None = None
+    levels: tuple[float, ...] = (0.9, 0.95)
+    shapes: tuple[str, ...] = SHAPES
+    per_landmark: bool = True
+
+
+def conformal_options(value: Any) -> ConformalOptions:
+    """``conformal`` of eval.yaml, checked.
+
+    Raises:
+        ConfigError: an unknown key, a level outside (0, 1), an unknown shape or calibration source, naming it.
+    """
+    given = {} if value is None else (OmegaConf.to_container(value, resolve=True) if isinstance(value, DictConfig)
+                                      else dict(value))
+    known = {f.name for f in dataclasses.fields(ConformalOptions)}
+    unknown = sorted(set(given) - known)
+    if unknown:
+        raise ConfigError(f"conformal.{unknown[0]}: unknown option; expected one of {', '.join(sorted(known))}")
+    levels = given.get("levels", ConformalOptions.levels)
+    if not isinstance(levels, (list, tuple)) or not levels or not all(
+            isinstance(l, (int, float)) and not isinstance(l, bool) and 0 < l < 1 for l in levels):
+        raise ConfigError(f"conformal.levels={levels!r}: expected a list of coverages between 0 and 1, e.g. [0.9, 0.95]")
+    shapes = given.get("shapes", list(SHAPES))
+    if not isinstance(shapes, (list, tuple)) or not shapes or any(s not in SHAPES for s in shapes):
+        raise ConfigError(f"conformal.shapes={shapes!r}: expected some of {list(SHAPES)}")
+    calibrate = given.get("calibrate")
+    if calibrate not in (None, "val"):
+        raise ConfigError(f"conformal.calibrate={calibrate!r}: expected val (calibrate on the val split) or null")
+    return ConformalOptions(calibrate, tuple(float(l) for l in levels), tuple(shapes), bool(given.get("per_landmark", True)))
+
+
+def calibration_levels(levels: Sequence[float]) -> list[float]:
+    """The configured levels and those of the report's reliability plot, sorted."""
+    return sorted({*(float(l) for l in levels), *RELIABILITY_LEVELS})
+
+
+def check_conformal_task(task: Any, samples: Sequence[Mapping[str, Any]]) -> None:
+    """Conformal regions are for landmark tasks (one point per landmark and image, with its truth).
+
+    Raises:
+        ConfigError: another task, naming it.
+    """
+    if not hasattr(task, "keypoint_names") or (samples and "keypoints_orig" not in samples[0]):
+        raise ConfigError(f"conformal.calibrate: prediction regions are for landmark tasks; this checkpoint's task is "
+                          f"{getattr(task, 'task_name', type(task).__name__)!r}")
+
+
+def spacing_of(samples: Sequence[Mapping[str, Any]]) -> Any:
+    """``[N]`` mm per px of each sample where every sample has a finite one, else None (areas in px^2)."""
+    import numpy as np
+
+    values = [s.get("spacing") for s in samples]
+    if not values or any(v is None for v in values):
+        return None
+    spacing = np.asarray(values, np.float64).reshape(len(values))
+    return spacing if np.isfinite(spacing).all() else None
 
 
 def input_size(datamodule: Any) -> list[int] | None:

@@ -50,6 +50,7 @@ from hrexp.prediction.image_source import (
     to_cpu,
 )
 from hrexp.prediction.preprocess import preparer_for
+from hrexp.prediction.regions import PointRegions, point_regions
 from hrexp.prediction.writers import (
     PredictedImage,
     PredictionWriter,
@@ -79,6 +80,7 @@ class PredictOptions:
     num_workers: int
     device: torch.device
     boxes: dict[str, list[PersonBox]] | None
+    regions: PointRegions | None = None
 
 
 def _whole_number(cfg: DictConfig, name: str, minimum: int) -> int:
@@ -135,7 +137,9 @@ def check_options(cfg: DictConfig) -> PredictOptions:
     inputs = expand_input(OmegaConf.to_object(spec) if OmegaConf.is_config(spec) else spec)
     boxes = read_boxes(cfg.boxes, float(threshold)) if cfg.get("boxes") else None
     output = Path(cfg.output) if cfg.get("output") else Path(cfg.paths.output_dir)
-    return PredictOptions(ckpt_path, inputs, output, overlays, batch_size, num_workers, device, boxes)
+    conformal = cfg.get("conformal")
+    regions = point_regions(OmegaConf.to_container(conformal) if OmegaConf.is_config(conformal) else conformal, ckpt_path)
+    return PredictOptions(ckpt_path, inputs, output, overlays, batch_size, num_workers, device, boxes, regions)
 
 
 @torch.no_grad()
@@ -197,6 +201,15 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     names = unique_names(files)
     options.output.mkdir(parents=True, exist_ok=True)
     writer = module.task.prediction_writer(options.output, bool(preparer.per_instance))
+    if options.regions is not None:
+        if not hasattr(writer, "set_regions"):
+            raise ConfigError(f"conformal: prediction regions are for keypoint tasks; this checkpoint's task is "
+                              f"{module.task.task_name!r} (set conformal.calibration=null)")
+        if list(options.regions.calibration.keypoint_names) != list(module.task.keypoint_names):
+            raise ConfigError(f"conformal.calibration={options.regions.file}: calibrated for other landmarks "
+                              f"({len(options.regions.calibration.keypoint_names)}) than this checkpoint's "
+                              f"({len(module.task.keypoint_names)})")
+        writer.set_regions(options.regions)
     outputs = Outputs(writer, options, names)
 
     loader = DataLoader(ImageFiles(files, preparer, keep_picture=options.overlays), batch_size=options.batch_size,
@@ -229,6 +242,7 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
                     "boxes": cfg.get("boxes"), "box_score_threshold": cfg.get("box_score_threshold")},
         "files": {**writer.files, "skipped": "skipped.csv", **({"overlays": "overlays/"} if options.overlays else {})},
         "coordinates": writer.coordinates,
+        "regions": None if options.regions is None else options.regions.describe(),
     }
     summary["counts"].update(writer.counts())
     write_json(options.output / "predict.json", summary)
@@ -239,4 +253,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
     else:
         message += "; no file skipped"
     rich.print(message)
+    if options.regions is not None:
+        counts = summary["counts"]
+        rich.print(f"[bold]Regions[/bold] {options.regions.level:.0%} {options.regions.shape} regions from "
+                   f"{options.regions.file}: {counts.get('points_to_review', 0)} point(s) to review, "
+                   f"{counts.get('unusual_images', 0)} unusual image(s)")
     return summary

@@ -22,6 +22,8 @@ import cv2
 import numpy as np
 
 from hrexp.data.pose.datamodule import UNKNOWN_IMAGE_ID
+from hrexp.prediction.regions import COLUMNS as REGION_COLUMNS
+from hrexp.prediction.regions import PointRegions
 from hrexp.reports.drawing import draw_keypoints, overlay_mask
 
 # Added to hrexp's keypoint coordinates in the COCO JSON (0: COCO keypoints are pixel indices, see above).
@@ -139,17 +141,42 @@ class KeypointWriter:
         self.per_instance = per_instance
         self.csv_fh = open(out_dir / "predictions.csv", "w", newline="")
         self.csv = csv.writer(self.csv_fh)
-        self.csv.writerow(["file", *(["instance"] if per_instance else []), "keypoint", "x", "y", "score"])
         self.json = JsonArrayWriter(out_dir / "predictions.json")
         self.instances = 0
+        self.unusual = 0
+        self.reviews = 0
+        self.regions: PointRegions | None = None  # set before the first image (the CSV's header follows it)
+        self._header = False
+
+    def _write_header(self) -> None:
+        if not self._header:
+            extra = []
+            if self.regions is not None:
+                extra = [*REGION_COLUMNS, *(("region_major_mm", "region_minor_mm") if self.regions.spacing else ()),
+                         "unusual_image"]
+            self.csv.writerow(["file", *(["instance"] if self.per_instance else []), "keypoint", "x", "y", "score", *extra])
+            self._header = True
 
     def add(self, file: str, image_id: int, keypoints: np.ndarray, scores: np.ndarray,
-            boxes: np.ndarray | None = None, box_scores: np.ndarray | None = None) -> None:
-        """One image's predictions: ``keypoints`` ``[N, K, 2]`` original px, ``scores`` ``[N, K]``; pose: ``boxes`` ``[N, 4]``."""
+            boxes: np.ndarray | None = None, box_scores: np.ndarray | None = None,
+            covariances: np.ndarray | None = None) -> None:
+        """One image's predictions: ``keypoints`` ``[N, K, 2]`` original px, ``scores`` ``[N, K]``; pose: ``boxes``
+        ``[N, 4]``; with :attr:`regions`, each point's region (``covariances [N, K, 2, 2]``, original px^2)."""
+        self._write_header()
+        regions = None if self.regions is None else self.regions.of(covariances, len(keypoints))
         for n in range(len(keypoints)):
-            for name, (x, y), score in zip(self.names, keypoints[n], scores[n]):
+            unusual = self.regions is not None and self.regions.unusual(scores[n])
+            self.unusual += int(unusual)
+            for k, (name, (x, y), score) in enumerate(zip(self.names, keypoints[n], scores[n])):
+                extra = []
+                if regions is not None:
+                    extra = [*(repr(float(regions[key][n, k])) for key in ("major", "minor", "angle", "area")),
+                             int(regions["review"][n, k])]
+                    if self.regions.spacing:
+                        extra += [repr(float(regions[key][n, k] * self.regions.spacing)) for key in ("major", "minor")]
+                    extra.append(int(unusual))
                 self.csv.writerow([file, *([n] if self.per_instance else []), name, repr(float(x)), repr(float(y)),
-                                   repr(float(score))])
+                                   repr(float(score)), *extra])
             flat = np.concatenate([keypoints[n] + COCO_KEYPOINT_OFFSET, scores[n][:, None]], axis=1).ravel()
             entry: dict[str, Any] = {"image_id": int(image_id), "file_name": file, "category_id": COCO_CATEGORY_ID,
                                      "keypoints": [float(v) for v in flat], "score": float(np.mean(scores[n]))}
@@ -157,10 +184,16 @@ class KeypointWriter:
                 box_score = 1.0 if box_scores is None else float(box_scores[n])
                 entry.update(bbox=[float(v) for v in boxes[n]], box_score=box_score,
                              score=box_score * float(np.mean(scores[n])))
+            if regions is not None:
+                entry["regions"] = {key: [float(v) for v in regions[key][n]] for key in ("major", "minor", "angle", "area")}
+                entry["regions"]["review"] = [bool(v) for v in regions["review"][n]]
+                entry["unusual_image"] = bool(unusual)
+                self.reviews += int(regions["review"][n].sum())
             self.json.add(entry)
             self.instances += 1
 
     def close(self) -> None:
+        self._write_header()
         self.csv_fh.close()
         self.json.close()
 
@@ -229,8 +262,13 @@ class KeypointPredictionWriter(PredictionWriter):
             image_id = ids[0] if ids and ids[0] != UNKNOWN_IMAGE_ID else image_id
             if not rows:
                 self.without_boxes.append(image.file)
-        self.writer.add(image.file, image_id, keypoints, scores, boxes, box_scores)
+        covariances = preds["covariance"][rows].double().numpy() if rows and "covariance" in preds else None
+        self.writer.add(image.file, image_id, keypoints, scores, boxes, box_scores, covariances)
         return None if image.picture is None else keypoint_overlay(image.picture, keypoints, boxes)
+
+    def set_regions(self, regions: PointRegions) -> None:
+        """Write each point's prediction region (before the first image)."""
+        self.writer.regions = regions
 
     def close(self) -> None:
         self.writer.close()
@@ -241,13 +279,23 @@ class KeypointPredictionWriter(PredictionWriter):
 
     def counts(self) -> dict[str, int]:
         out = {"instances": self.writer.instances}
+        if self.writer.regions is not None:
+            out.update(points_to_review=self.writer.reviews, unusual_images=self.writer.unusual)
         if self.per_instance:
             out["images_without_boxes"] = len(self.without_boxes)
         return out
 
     def readme_lines(self) -> list[str]:
+        regions = self.writer.regions
+        lines = [] if regions is None else [
+            f"                  and its {regions.level:.0%} prediction region ({regions.shape}, calibrated: "
+            f"{regions.file.name}): an ellipse of semi-axes region_major / region_minor (original pixels"
+            f"{'; _mm: millimetres' if regions.spacing else ''}) turned region_angle degrees from the x axis "
+            f"towards +y, region_area (px^2); review = 1 where the region reaches farther than "
+            f"{regions.review_px} px; unusual_image = 1 where the image's mean peak score is below every "
+            "calibration image's (unlike what the model was calibrated on: check it by eye)"]
         return [f"predictions.csv   one row per image x {'person box x ' if self.per_instance else ''}keypoint: "
-                f"x, y (original pixels), score ({self.confidence})",
+                f"x, y (original pixels), score ({self.confidence})", *lines,
                 "predictions.json  COCO keypoint results: keypoints [x, y, score, ...], score"
                 + (", bbox, box_score" if self.per_instance else "")]
 

@@ -110,6 +110,22 @@ def sdr_curve(errors: Mapping[str, Any], path: Path, max_radius: float | None = 
     return _save(fig, path)
 
 
+def reliability_plot(curves: Mapping[str, tuple[Sequence[float], Sequence[float]]], path: Path, title: str = "") -> Path:
+    """Nominal against empirical coverage, one line per label (``(nominal levels, empirical coverages)``),
+    with the diagonal a kept promise lies on."""
+    fig = _figure(6, 6)
+    ax = fig.subplots()
+    ax.plot([0, 100], [0, 100], color="gray", linestyle=":", linewidth=1, label="promise kept")
+    for label, (nominal, empirical) in curves.items():
+        ax.plot(100 * np.asarray(nominal, np.float64), 100 * np.asarray(empirical, np.float64), marker="o", label=label)
+    low = min([50.0, *(100 * float(min(n)) for n, _ in curves.values() if len(n))])
+    ax.set(xlim=(low - 5, 100), ylim=(0, 100), xlabel="nominal coverage (%)", ylabel="empirical coverage (%)",
+           title=title or "prediction regions: reliability")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize="small", loc="lower right")
+    return _save(fig, path)
+
+
 def error_boxplot(errors_by_item: Mapping[str, Any], path: Path, unit: str = "px", title: str = "") -> Path:
     """One box of errors per landmark, NaNs dropped.
 

@@ -253,6 +253,13 @@ class CoarseToFineLandmarkTask(LandmarkTask):
         preds.update(keypoints=gated, keypoints_coarse=coarse, keypoints_refined=refined, refined_used=accepted,
                      scores_refined=refined_scores, scores=torch.where(accepted, refined_scores, preds["scores"]),
                      keypoints_input=apply_affine(gated, batch["matrix"].float()))
+        covariance = self.refiner.codec.point_covariance(maps, stride=self.refiner.stride)
+        coarse_covariance = preds.pop("covariance", None)
+        if covariance is not None and (coarse_covariance is not None or bool(accepted.all())):
+            # patch px^2 -> original px^2 (the patch is the original reduced by original_scale); each point's own stage's
+            covariance = covariance.reshape(b, k, 2, 2) / (s[..., None] ** 2)
+            preds["covariance"] = (covariance if coarse_covariance is None
+                                   else torch.where(accepted[..., None, None], covariance, coarse_covariance))
         spread = self.refiner.codec.spread(maps, stride=self.refiner.stride)
         coarse_spread = preds.pop("spread", None)
         if spread is not None and (coarse_spread is not None or bool(accepted.all())):

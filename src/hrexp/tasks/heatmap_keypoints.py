@@ -142,7 +142,8 @@ class HeatmapKeypointTask(Task):
         flipped_outputs: Outputs | None = None,
     ) -> dict[str, torch.Tensor]:
         """Decode the outputs (with the flip test: maps averaged with the flipped-back ones) to input, then
-        original pixels; ``spread`` where the codec measures one."""
+        original pixels; ``spread`` and ``covariance`` (``[B, K, 2, 2]``, original px^2) where the codec measures
+        them."""
         if flipped_outputs is not None:  # only with flip_test, which the constructor allows for a flippable codec
             outputs = 0.5 * (outputs.detach().float() + self.flip_back(flipped_outputs.detach().float()))
         keypoints, scores = self.codec.decode(outputs, stride=self.stride)
@@ -154,6 +155,10 @@ class HeatmapKeypointTask(Task):
             # Input px -> original px: the affine's area scale (the warp is a similarity up to aspect).
             scale = torch.linalg.det(to_original[:, :2, :2]).abs().sqrt()
             preds["spread"] = spread * scale[:, None]
+        covariance = self.codec.point_covariance(outputs, stride=self.stride)
+        if covariance is not None:  # input px^2 -> original px^2: M S M^T with M the affine's linear part
+            linear = to_original[:, None, :2, :2]
+            preds["covariance"] = linear @ covariance.float() @ linear.transpose(-1, -2)
         return preds
 
     # ------------------------------------------------------------------ prediction and export hooks
@@ -182,8 +187,9 @@ class HeatmapKeypointTask(Task):
 
     def sample_results(self, preds: Mapping[str, torch.Tensor], batch: Mapping[str, Any]) -> list[dict[str, Any]]:
         """Per sample: ``index``, predicted ``keypoints`` (original px), ``scores`` (peak values), ``spread``
-        (peak width, original px) and the batch's ``sample_batch_keys`` (truth, matrix, ...), as NumPy."""
-        columns = {key: preds[key] for key in ("keypoints", "scores", "spread") if key in preds}
+        (peak width, original px), ``covariance`` (the peak's, original px^2) and the batch's
+        ``sample_batch_keys`` (truth, matrix, ...), as NumPy."""
+        columns = {key: preds[key] for key in ("keypoints", "scores", "spread", "covariance") if key in preds}
         columns.update({key: batch[key] for key in self.sample_batch_keys})
         arrays = {key: value.detach().float().cpu().numpy().astype(np.float64) for key, value in columns.items()}
         indices = batch["index"].cpu().tolist()
@@ -191,8 +197,9 @@ class HeatmapKeypointTask(Task):
                 for i, index in enumerate(indices)]
 
     def combine_members(self, members: Sequence[Sequence[Mapping[str, Any]]]) -> list[dict[str, Any]]:
-        """The members' mean keypoints (original px) and mean scores and spreads; ``member_spread`` is the
-        root-mean-square distance of the members' keypoints from that mean (the ensemble's uncertainty)."""
+        """The members' mean keypoints (original px) and mean scores, spreads and covariances; ``member_spread`` is
+        the root-mean-square distance of the members' keypoints from that mean (the ensemble's uncertainty) and
+        ``member_covariance`` ``[K, 2, 2]`` their covariance about it (original px^2)."""
         first = members[0]
         for m, member in enumerate(members[1:], start=2):
             if [s["index"] for s in member] != [s["index"] for s in first]:
@@ -203,10 +210,12 @@ class HeatmapKeypointTask(Task):
             mean = points.mean(axis=0)
             out = {key: value for key, value in sample.items()}
             out["keypoints"] = mean
-            for key in ("scores", "spread"):
+            for key in ("scores", "spread", "covariance"):
                 if key in sample:
                     out[key] = np.mean([member[i][key] for member in members], axis=0)
             out["member_spread"] = np.sqrt(((points - mean) ** 2).sum(axis=-1).mean(axis=0))
+            deviation = points - mean
+            out["member_covariance"] = np.einsum("mki,mkj->kij", deviation, deviation) / len(members)
             combined.append(out)
         return combined
 

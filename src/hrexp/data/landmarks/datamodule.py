@@ -92,6 +92,8 @@ class LandmarkDataModule(HRExpDataModule):
             loaders collate with :func:`~hrexp.data.landmarks.originals.collate_originals` (padded
             ``original``, ``original_scale`` ``[B]``, ``original_hw`` ``[B, 2]``); see
             :mod:`hrexp.data.landmarks.originals`.
+        test_fraction: A test share carved (seeded, with the validation share) from the training file where the
+            data has no test file; 0 (default): none, and the test split falls back to the validation split.
 
     Raises:
         ValueError: A bad ``refine_scale`` (the message names ``data.refine_scale``).
@@ -116,9 +118,13 @@ class LandmarkDataModule(HRExpDataModule):
         pin_memory: bool = False,
         image_cache: str | Path | None = None,
         refine_scale: float | None = None,
+        test_fraction: float = 0.0,
     ):
         super().__init__(batch_size=batch_size, num_workers=num_workers, pin_memory=pin_memory,
                          val_fraction=val_fraction, split_seed=split_seed)
+        self.test_fraction = float(test_fraction)
+        if not 0.0 <= self.test_fraction < 1.0:
+            raise ValueError(f"data.test_fraction={test_fraction!r}: expected a share in [0, 1)")
         self.image_cache = None if image_cache in (None, "", False) else ShrunkImageCache(image_cache)
         self.image_size = (int(image_size[0]), int(image_size[1]))
         self.expected_num_keypoints = None if num_keypoints is None else int(num_keypoints)
@@ -140,12 +146,20 @@ class LandmarkDataModule(HRExpDataModule):
             if other is not None:
                 check_same_landmarks(train, other, name)
                 validate_landmark_set(other, split=name, num_keypoints=self.expected_num_keypoints)
-        if val is None:
-            train_idx, val_idx = self.split_train_val(len(train))
-            val = train.subset(val_idx, source=self.split_source(train.source, "val"))
+        carve_test = test is None and self.test_fraction > 0
+        if val is None or carve_test:
+            if carve_test:  # a seeded test split too (its images depend only on split_seed and test_fraction)
+                train_idx, val_idx, test_idx = self.split_train_val_test(
+                    len(train), 0.0 if val is not None else self.val_fraction, self.test_fraction)
+                test = train.subset(test_idx, source=self.split_source(train.source, "test"))
+                validate_landmark_set(test, split="test", check_images=False)
+            else:
+                train_idx, val_idx = self.split_train_val(len(train))
+            if val is None:
+                val = train.subset(val_idx, source=self.split_source(train.source, "val"))
+                validate_landmark_set(val, split="val", check_images=False)
             train = train.subset(train_idx, source=self.split_source(train.source, "train"))
             validate_landmark_set(train, split="train", check_images=False)
-            validate_landmark_set(val, split="val", check_images=False)
         return {"train": train, "val": val, "test": test}
 
     def build_datasets(self, splits: dict[str, LandmarkSet]) -> dict[str, Dataset]:

@@ -1,0 +1,1 @@
+"""Calibrated landmark uncertainty: split-conformal prediction regions (regions.py)."""

@@ -1,0 +1,124 @@
+"""Conformal regions through the commands: ``eval.py conformal.calibrate=val`` calibrates on the val split, writes
+the thresholds beside the checkpoint and scores the test split with them (summary, report section, reliability
+plot); ``predict.py`` then writes each point's region from that file with no data, flags points whose region is
+too large and images unlike the calibration images; a split that would be both calibrated and scored is refused."""
+
+from __future__ import annotations
+
+import json
+import math
+
+import numpy as np
+import pytest
+
+from hrexp.conformal.calibration import Calibration, calibration_path
+from hrexp.conformal.regions import scores
+from hrexp.errors import ConfigError
+from tests.conftest import compose_for
+from tests.helpers import write_image
+from tests.test_predict import _train, read_csv, run_predict
+
+
+@pytest.fixture(scope="module")
+def model(module_tmp, cache_dir):
+    from tests.fit_helpers import TINY_W18
+
+    # image_cache=null: the dataset decodes the original as predict does
+    # 60 images: 9 in val, enough for a finite 90 % threshold (ceil(10 * 0.9) = 9); 95 % needs 19, so it is infinite
+    return _train([*TINY_W18, "data.image_cache=null", "data.num_train=60", "data.num_test=8"], module_tmp / "model",
+                  "model")
+
+
+def run_eval(ckpt, out, *extra):
+    from hrexp.jobs.eval_run import evaluate
+
+    cfg = compose_for([f"ckpt_path={ckpt}", "report.gallery=1", *extra], out, "eval")
+    return evaluate(cfg), out / "run"
+
+
+def test_eval_calibrates_on_val_and_scores_the_test_split_with_the_thresholds(model, tmp_path):
+    ckpt, datamodule, module = model
+    summary, run = run_eval(ckpt, tmp_path / "eval", "conformal.calibrate=val")
+    file = calibration_path(ckpt)
+    assert file.is_file() and (run / "conformal.json").read_text() == file.read_text()
+    calibration = Calibration.load(file)
+    assert calibration.source["split"] == "val" and calibration.source["images"] == len(datamodule.datasets["val"])
+    assert set(calibration.thresholds) == {"radius", "heatmap"}  # no ensemble: one checkpoint
+    # the radius thresholds are the conformal quantiles of the val errors, computed here from the task itself
+    import torch
+
+    errors = []
+    for i in range(len(datamodule.datasets["val"])):
+        sample = datamodule.datasets["val"][i]
+        batch = {k: v[None] for k, v in sample.items()}
+        with torch.no_grad():
+            preds = module.task.predict(module(batch["image"]), batch)
+        errors.append((preds["keypoints"] - batch["keypoints_orig"])[0].double().numpy())
+    distance = scores(np.stack(errors))
+    n = distance.shape[0]
+    rank = math.ceil((n + 1) * 0.9)
+    expected = np.sort(distance, axis=0)[rank - 1] if rank <= n else np.full(distance.shape[1], np.inf)
+    np.testing.assert_allclose(calibration.threshold("radius", 0.9), expected, rtol=1e-4)
+    # the test split scored with them: coverage per shape and level, as many points as the test split has
+    regions = {(r["kind"], r["shape"], r["level"]): r for r in summary["conformal"]["regions"]}
+    assert set(regions) >= {("conformal", "radius", 0.9), ("conformal", "heatmap", 0.95), ("uncalibrated", "heatmap", 0.9)}
+    assert regions["conformal", "radius", 0.9]["points"] == 8 * 40
+    assert 0 <= regions["conformal", "radius", 0.9]["coverage"] <= 1
+    report = json.loads((run / "report.json").read_text())
+    assert report["regions"]["rows"][0]["kind"] == "conformal"
+    assert (run / "reliability.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "Prediction regions" in (run / "report.html").read_text()
+    # a later eval without calibrate=val finds the file beside the checkpoint and uses it
+    again, _ = run_eval(ckpt, tmp_path / "again", "report.enabled=false")
+    assert again["conformal"]["calibration"] == str(file)
+    assert json.dumps(again["conformal"]["regions"]) == json.dumps(summary["conformal"]["regions"])  # NaN == NaN here
+    assert math.isinf(calibration.threshold("radius", 0.95)[0])  # 9 images cannot promise 95 %
+
+
+def test_calibrating_on_the_scored_split_is_refused(model, tmp_path):
+    ckpt, _, _ = model
+    with pytest.raises(ConfigError, match="conformal.calibrate=val with split=val: the scored split is the val split"):
+        run_eval(ckpt, tmp_path / "eval", "conformal.calibrate=val", "split=val")
+    with pytest.raises(ConfigError, match=r"conformal.levels=\[0.9, 1.5\]: expected a list of coverages"):
+        run_eval(ckpt, tmp_path / "eval2", "conformal.levels=[0.9,1.5]")
+
+
+def test_predict_writes_each_points_region_from_the_calibration_file_and_flags(model, tmp_path):
+    ckpt, datamodule, _ = model
+    run_eval(ckpt, tmp_path / "eval", "conformal.calibrate=val", "report.enabled=false")
+    calibration = Calibration.load(calibration_path(ckpt))
+    source = datamodule.splits["val"].records[0].image_path
+    photo = write_image(tmp_path / "images" / "photo.png", np.full((128, 64, 3), 200, np.uint8))  # flat grey: no spine
+    images = [str(source), str(photo)]
+    summary = run_predict(ckpt, images, tmp_path / "out", "conformal.level=0.9", "conformal.shape=radius",
+                          "conformal.review_px=1e9", "conformal.spacing=0.5")
+    rows = read_csv(tmp_path / "out" / "predictions.csv")
+    radius = calibration.threshold("radius", 0.9)
+    first = [r for r in rows if r["file"] == str(source)]
+    np.testing.assert_allclose([float(r["region_major"]) for r in first], radius)
+    np.testing.assert_allclose([float(r["region_major_mm"]) for r in first], 0.5 * radius)
+    np.testing.assert_allclose([float(r["region_area"]) for r in first], math.pi * radius ** 2)
+    assert all(r["review"] == "0" for r in rows)  # nothing reaches 1e9 px
+    assert summary["regions"]["shape"] == "radius" and summary["counts"]["points_to_review"] == 0
+    # the heatmap ellipses, and a review size every region exceeds
+    summary = run_predict(ckpt, images, tmp_path / "out2", "conformal.level=0.9", "conformal.review_px=0.001")
+    rows = read_csv(tmp_path / "out2" / "predictions.csv")
+    assert all(r["review"] == "1" for r in rows) and summary["counts"]["points_to_review"] == len(rows)
+    majors = np.array([float(r["region_major"]) for r in rows])
+    minors = np.array([float(r["region_minor"]) for r in rows])
+    drawn = np.isfinite(majors)  # a flat map (no covariance) has no region: NaN, and it is flagged for review
+    assert drawn.mean() > 0.5 and np.all(majors[drawn] >= minors[drawn]) and np.all(minors[drawn] >= 0)
+    entries = json.loads((tmp_path / "out2" / "predictions.json").read_text())
+    assert entries[0]["regions"]["major"] == pytest.approx(list(majors[:40]), nan_ok=True)
+    # each image says whether its peaks are lower than every calibration image's (PointRegions.unusual)
+    minimum = calibration.source["image_mean_score"]["min"]
+    for entry in entries:
+        mean_score = float(np.mean(entry["keypoints"][2::3]))
+        assert entry["unusual_image"] is (mean_score < minimum), entry["file_name"]
+    assert summary["counts"]["unusual_images"] == sum(e["unusual_image"] for e in entries)
+    # without a calibration file: no region columns, and a named file that is missing is an error
+    calibration_path(ckpt).unlink()
+    run_predict(ckpt, images, tmp_path / "out3")
+    assert "region_major" not in read_csv(tmp_path / "out3" / "predictions.csv")[0]
+    with pytest.raises(ConfigError, match="no such file"):
+        run_predict(ckpt, images, tmp_path / "out4", f"conformal.calibration={tmp_path / 'none.json'}")
