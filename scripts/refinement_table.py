@@ -53,7 +53,8 @@ ABLATION = {"none": [], "centre": [condition_option(["centre"])], "neighbours": 
 MM_PER_PX = 0.1  # the ISBI 2015 images (checked against eval's mm columns)
 BINS_MM = (0.0, 1.0, 2.0, 3.0, 4.0, 6.0, float("inf"))
 TABLE = ("row", "train_min", "steps", "epochs", "precision", "mre_mm", "refined_mm", "coarse_mm", "median_mm",
-         "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm", "refined_sdr_2mm", "refined_share")
+         "refined_median_mm", "coarse_median_mm", "sdr_2mm", "sdr_2.5mm", "sdr_3mm", "sdr_4mm", "refined_sdr_2mm",
+         "refined_share")
 
 
 def scored(name: str, row: dict, out: Path, smoke: bool) -> dict:
@@ -68,6 +69,8 @@ def scored(name: str, row: dict, out: Path, smoke: bool) -> dict:
             "refined_mm": stage["refined"].get("mre_mm", overall["mre_mm"]),
             "coarse_mm": stage["coarse"].get("mre_mm", overall["mre_mm"]),
             "refined_sdr_2mm": stage["refined"].get("sdr_20"), "refined_share": overall.get("refined_share"),
+            "refined_median_mm": stage["refined"].get("median_mm", overall.get("median_mm")),
+            "coarse_median_mm": stage["coarse"].get("median_mm", overall.get("median_mm")),
             "predictions_csv": str(out / name / "eval" / "predictions.csv")}
 
 

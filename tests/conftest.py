@@ -92,8 +92,13 @@ EXTENDED = {
     # resume after a kill: test_resume.py is CI's; this one kills mid-checkpoint-write
     "test_checkpoints.py": {"test_a_kill_mid_write_leaves_loadable_checkpoints_and_the_run_resumes"},
     # DDP: CI runs the landmark metrics and the pose AP against one process
+    # (the pose AP under DDP: tests/test_coco_keypoint_metric.py checks its gather on two processes in make test)
     "test_ddp.py": {"test_ddp_segmentation_metrics_and_loss_equal_single_process_eval",
-                    "test_only_rank_zero_writes_run_folders_inside_a_ddp_multirun"},
+                    "test_only_rank_zero_writes_run_folders_inside_a_ddp_multirun",
+                    "test_ddp_pose_ap_on_an_odd_split_equals_single_process_eval"},
+    # a refined checkpoint's stage 1 exported alone (~70 s of ONNX export); make test checks the refusal, and
+    # test_export.py the export itself
+    "test_coarse_to_fine.py": {"test_coarse_only_exports_stage_one_and_says_so"},
     "test_phases.py": {"test_under_ddp_the_frozen_backbone_stays_fixed_and_then_trains_in_step_on_both_ranks"},
     # sweeps: CI runs a failing job in a multirun and an Optuna study resumed from its storage
     # (the multirun over three models, ending in a comparison: CI's slow set runs multiruns, compare its own tests)

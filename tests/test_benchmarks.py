@@ -163,21 +163,21 @@ def test_the_index_holds_every_benchmark_and_says_the_gpu_is_not_measured(smoke_
     assert "GPU: not yet measured" in index
 
 
-@pytest.mark.slow  # trains and evaluates three tiny variants (~1.5 min)
+@pytest.mark.slow  # trains and evaluates a codec and the refined best codec (three runs, ~1.5 min)
 def test_the_high_resolution_comparison_script_still_starts(tmp_path, cache_dir):
-    """scripts/high_resolution.py --smoke: a codec, SimCC and the refined best codec, each trained a few steps
-    and evaluated from its best checkpoint, in one table (the real runs take hours and are recorded, not tested)."""
-    run_script("scripts/high_resolution.py", ["--smoke", "--variants", "baseline", "simcc", "refine",
+    """scripts/high_resolution.py --smoke: a codec and the refined best codec (the best of the finished codec
+    rows), each trained a few steps and evaluated from its best checkpoint, in one table (the real runs take
+    hours and are recorded, not tested; the other codec rows are overrides like the baseline's)."""
+    run_script("scripts/high_resolution.py", ["--smoke", "--variants", "baseline", "refine",
                                               "--out", str(tmp_path)], cache_dir, timeout=900)
     table = (tmp_path / "high_resolution.table.md").read_text()
     assert "SMOKE RUN" in table
     record = json.loads((tmp_path / "high_resolution.json").read_text())
     assert record["command"].startswith("python scripts/high_resolution.py --smoke") and record["commit"]
-    assert [r["variant"] for r in record["rows"]][:2] == ["baseline", "simcc"]
+    assert [r["variant"] for r in record["rows"]][:1] == ["baseline"]
     assert all(r["steps"] >= 1 and r["epochs"] >= 1 for r in record["rows"])
-    rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| simcc")
-            or line.startswith("| refine_")]
-    assert len(rows) == 3 and "refine=native" in rows[2]
+    rows = [line for line in table.splitlines() if line.startswith("| baseline") or line.startswith("| refine_")]
+    assert len(rows) == 2 and "refine=native" in rows[1]
     # the refined variant's predictions.csv carries stage 1's points; their errors give the report's coarse MRE
     import csv
 

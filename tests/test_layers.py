@@ -19,7 +19,7 @@ FLOORS = {
     "tasks": 4,
     "training": 3,
     "evaluation": 2, "prediction": 2, "export": 2, "reports": 2, "refine": 2,
-    "models": 1, "codecs": 1, "losses": 1, "metrics": 1, "data": 1,
+    "models": 1, "codecs": 1, "losses": 1, "metrics": 1, "data": 1, "conformal": 1,
     "errors": 0, "startup": 0, "run_record": 0, "geometry": 0, "utils": 0, "conf": 0, "__init__": 0,
 }
 

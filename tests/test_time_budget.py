@@ -63,7 +63,10 @@ def assert_spent_the_budget(record: dict, budget_s: float) -> None:
     assert budget["budget_s"] == budget_s and budget["stopped_by_budget"]
     # the last validation ran inside the budget: without the reserve the run would overshoot by one validation
     assert budget["reserve_s"] > 0
-    assert budget_s - 2.0 < budget["used_s"] <= budget_s + 0.3, budget
+    # up to 1 s over: the reserve is the longest of the last three validations, and on a 2-core machine the last one
+    # can run ~0.9 s longer (seen once on the AMD machine, 60.87 s of 60); a run without the reserve overshoots by a
+    # whole validation (several seconds here)
+    assert budget_s - 2.0 < budget["used_s"] <= budget_s + 1.0, budget
 
 
 def test_a_one_minute_run_decays_to_min_lr_by_its_last_validation(tmp_path, cache_dir):
