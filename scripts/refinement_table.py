@@ -86,10 +86,9 @@ def refiner(name: str, first: dict, options: list[str], minutes: float, out: Pat
             "steps": (row["steps"] or 0) + (first["steps"] or 0), "epochs": (row["epochs"] or 0) + (first["epochs"] or 0)}
 
 
-def error_bins(predictions: Path) -> list[dict]:
+def error_bins(rows: list[dict]) -> list[dict]:
     """The refined run's landmarks binned by stage 1's error (mm): how many, each stage's mean error, how often
     stage 2 was better, and how often the gate used it."""
-    rows = _read(predictions)
     coarse, refined, gated, used = (np.array([r[k] for r in rows]) for k in ("coarse", "refined", "gated", "used"))
     out = []
     for lo, hi in zip(BINS_MM[:-1], BINS_MM[1:]):
@@ -103,10 +102,10 @@ def error_bins(predictions: Path) -> list[dict]:
     return out
 
 
-def per_landmark(predictions: Path) -> list[dict]:
+def per_landmark(rows: list[dict]) -> list[dict]:
     """Per landmark: each stage's mean error (mm) and how often the gate used stage 2."""
     table: dict[str, list[dict]] = {}
-    for r in _read(predictions):
+    for r in rows:
         table.setdefault(r["landmark"], []).append(r)
     return [{"landmark": name, "coarse_mm": float(np.mean([r["coarse"] for r in rs])),
              "refined_mm": float(np.mean([r["refined"] for r in rs])),
@@ -162,10 +161,11 @@ def main(argv: list[str] | None = None) -> int:
         notes += [f"MRE of the two stages against stage 1 alone at equal time: gated {-cut:+.1%}, stage 2 everywhere "
                   f"{-cut_refined:+.1%} (goal: -30 %); the two stages reach {both['mre_mm']:.3g} mm (goal <= 1.5) and "
                   f"SDR@2mm {both['sdr_2mm']:.1%} (goal >= 75 %)"]
-        bins = error_bins(Path(both["predictions_csv"]))
+        points = _read(Path(both["predictions_csv"]))  # eval's predictions.csv, read once for both tables
+        bins = error_bins(points)
         tables["The refined run by stage-1 error"] = (bins, ["stage-1 error (mm)", "landmarks", "coarse_mm", "refined_mm",
                                                              "gated_mm", "refined_better", "refined_used"])
-        landmarks = per_landmark(Path(both["predictions_csv"]))
+        landmarks = per_landmark(points)
         tables["The refined run per landmark (mm)"] = (landmarks, list(landmarks[0]))
         write_results("refinement", "Refinement against stage 1 alone at equal CPU time", rows, TABLE, results, notes,
                       tables)
