@@ -28,19 +28,26 @@ SMOKE = ["data=synthetic_spine", "data.num_train=8", "data.num_test=4", "data.im
 COLUMNS = ("mre", "median", "sdr_1%_height", "sdr_2%_height", "sdr_4%_height", "mre_over_height", "mre_over_diagonal")
 
 
-def run(script: str, args: Sequence[str], log: Path) -> None:
-    """``python <script> <args>`` in the repository, its output in ``log``; exits naming the log on failure."""
+def run(script: str, args: Sequence[str], log: Path, core: int | None = None) -> None:
+    """``python <script> <args>`` in the repository, its output in ``log``; exits naming the log on failure.
+    ``core``: pinned to that one CPU core with one torch thread (``taskset``), so that two runs side by side
+    each get exactly one core's time."""
     log.parent.mkdir(parents=True, exist_ok=True)
+    prefix, env = [], None
+    if core is not None:
+        prefix = ["taskset", "-c", str(core)]
+        env = {**os.environ, "OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
     with open(log, "w") as fh:
-        proc = subprocess.run([sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=fh, stderr=subprocess.STDOUT)
+        proc = subprocess.run([*prefix, sys.executable, str(ROOT / script), *args], cwd=ROOT, stdout=fh,
+                              stderr=subprocess.STDOUT, env=env)
     if proc.returncode != 0:
         raise SystemExit(f"{script} {' '.join(args)} failed ({proc.returncode}); see {log}")
 
 
 def train(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
-          recipe: Sequence[str] = CPU, smoke_overrides: Sequence[str] = SMOKE) -> dict:
+          recipe: Sequence[str] = CPU, smoke_overrides: Sequence[str] = SMOKE, core: int | None = None) -> dict:
     """Train ``experiment`` + ``overrides`` for ``minutes`` (None: its own epochs) in ``<out>/<name>/train``; a
-    finished run is reused. Returns its run record (results.json)."""
+    finished run is reused. Returns its run record (results.json). ``core``: see :func:`run`."""
     base = [f"experiment={experiment}", *overrides, *recipe, *(smoke_overrides if smoke else [])]
     # ++: set whether or not the trainer config has the key (Lightning stops after that wall time)
     budget = [] if minutes is None else [f"++trainer.max_time={max_time(minutes)}"]
@@ -48,16 +55,17 @@ def train(name: str, experiment: str, overrides: Sequence[str], out: Path, minut
     if results.is_file() and json.loads(results.read_text()).get("status") == "finished":
         print(f"{name}: reusing the finished run in {results.parent}")
     else:
-        run("train.py", [*base, *budget, f"hydra.run.dir={out / name / 'train'}"], out / name / "train.log")
+        run("train.py", [*base, *budget, f"hydra.run.dir={out / name / 'train'}"], out / name / "train.log", core)
     return json.loads(results.read_text())
 
 
-def evaluate(name: str, checkpoints: Sequence[str], out: Path, extra: Sequence[str] = ()) -> dict:
+def evaluate(name: str, checkpoints: Sequence[str], out: Path, extra: Sequence[str] = (),
+             core: int | None = None) -> dict:
     """``eval.py`` of one checkpoint (or a seed ensemble: several) on the test split (val where the data has no
     test split) in ``<out>/<name>/eval``; returns its report.json."""
     ckpt = checkpoints[0] if len(checkpoints) == 1 else "[" + ",".join(checkpoints) + "]"
     run("eval.py", [f"ckpt_path={ckpt}", "split=test", *extra, f"hydra.run.dir={out / name / 'eval'}"],
-        out / name / "eval.log")
+        out / name / "eval.log", core)
     return json.loads((out / name / "eval" / "report.json").read_text())
 
 

@@ -270,8 +270,8 @@ def test_the_refinement_table_script_still_starts(tmp_path, cache_dir):
     import csv
 
     shared_path("ceph_isbi2015", "train.csv")
-    run_script("scripts/refinement_table.py", ["--smoke", "--ablation", "both", "--out", str(tmp_path)], cache_dir,
-               timeout=900)
+    run_script("scripts/refinement_table.py", ["--smoke", "--side-by-side", "--ablation", "both", "--out", str(tmp_path)],
+               cache_dir, timeout=900)
     record = json.loads((tmp_path / "refinement.json").read_text())
     assert "SMOKE RUN" in (tmp_path / "refinement.table.md").read_text()
     alone, both = record["rows"]
@@ -283,7 +283,9 @@ def test_the_refinement_table_script_still_starts(tmp_path, cache_dir):
     config = (tmp_path / "refined" / "train" / "config.yaml").read_text()
     assert f"stage1_ckpt: {facts('stage1_half')['checkpoints']['checkpoint_best_metric']['path']}" in config
     assert "train_stage1: false" in config and alone["coarse_mm"] == alone["refined_mm"] == alone["mre_mm"]
-    (ablation,) = record["tables"]["Ablation: refiner 15 min on stage 1 of 30 min"]["rows"]
+    ablation_record = json.loads((tmp_path / "refinement_ablation.json").read_text())
+    assert ablation_record["title"] == "Refiner ablation: refiner 15 min on stage 1 of 30 min"
+    (ablation,) = ablation_record["rows"]
     assert ablation["row"] == "condition: both"
     from omegaconf import OmegaConf
 
