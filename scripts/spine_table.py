@@ -11,7 +11,7 @@ Cobb SMAPE), ``hrexp.compare`` compares the runs, and ``<out>/sdr_curve.png`` dr
 curve. ``hrnet_w18_awing`` is the best recipe of ``scripts/ceph_table.py`` (``CEPH_RECIPE``). ``hrnet_w32_best`` is two runs: its first stage is the ``hrnet_w32`` run (reused; with another codec
 than gaussian, a run of its own), then ``experiment=spine_hrnet_w32_best`` trains only the refiner on that
 frozen stage 1 (half of ``--minutes`` in the reduced version); its training time is the sum of both. The
-table goes to ``docs/results/spine_table.json`` and ``.table.md`` (command, commit, machine, date, steps and
+table goes to ``docs/results/spine_table.json`` and ``.table.md`` (``--name``: another file name) (command, commit, machine, date, steps and
 epochs of each row); docs/results/spine_aasce.md quotes it.
 """
 
@@ -55,16 +55,23 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--keep-other-rows", action="store_true",
                         help="keep the rows of the table already in --results for the models not run now (their runs "
                              "gone from --out); a note names the command, commit and date they came from")
+    parser.add_argument("--core", type=int, default=None,
+                        help="pin every run to this one CPU core with one torch thread (another job on the other)")
+    parser.add_argument("--name", default="spine_table",
+                        help="the results' file name, <name>.json / .table.md (default spine_table)")
     args = parser.parse_args(argv)
     recipe = FULL if args.full else REDUCED
     notes = (["SMOKE RUN (synthetic data), not a result"] if args.smoke else
              ["the full recipe (experiment/spine_*.yaml)" if args.full else
               f"reduced CPU version: 512x192, {args.minutes:g} min of training each (trainer.max_time; the lr decays "
               "over it), the refiner half of it", "test split of AASCE (128 images), original px"])
+    if args.core is not None:
+        notes.append(f"every run pinned to core {args.core} with one torch thread, another job on the other core: "
+                     "one core's time per minute, not comparable with 2-thread rows")
     results = args.results or (args.out if args.smoke else RESULTS)
-    kept = kept_rows(results / "spine_table.json", args.models) if args.keep_other_rows else []
+    kept = kept_rows(results / f"{args.name}.json", args.models) if args.keep_other_rows else []
     if kept:
-        earlier = json.loads((results / "spine_table.json").read_text())
+        earlier = json.loads((results / f"{args.name}.json").read_text())
         notes.append(f"rows {', '.join(r['variant'] for r in kept)} kept from `{earlier['command']}` at "
                      f"{earlier['commit']}, {earlier['date']} (not rerun by this command)")
     rows: list[dict] = []
@@ -74,15 +81,15 @@ def main(argv: list[str] | None = None) -> int:
             stage1_name = "hrnet_w32" if BEST_CODEC == "gaussian" else f"hrnet_w32_{BEST_CODEC}"
             stage1 = next((r for r in rows if r["variant"] == stage1_name), None) or train_and_eval(
                 stage1_name, "spine_hrnet_w32", [f"task/codec={BEST_CODEC}", *FP32], args.out, minutes, args.smoke,
-                recipe)
+                recipe, args.core)
             row = train_refiner(model, "spine_hrnet_w32_best", FP32, stage1, args.out,
-                                None if minutes is None else minutes / 2, args.smoke, recipe)
+                                None if minutes is None else minutes / 2, args.smoke, recipe, args.core)
         elif model == "hrnet_w18_awing":
-            row = train_and_eval(model, CEPH_RECIPE[0], CEPH_RECIPE[1], args.out, minutes, args.smoke, recipe=recipe)
+            row = train_and_eval(model, CEPH_RECIPE[0], CEPH_RECIPE[1], args.out, minutes, args.smoke, recipe, args.core)
         else:  # fp32, as the rows of the plan's first table (the ceph recipe's row is the one in bf16)
-            row = train_and_eval(model, f"spine_{model}", FP32, args.out, minutes, args.smoke, recipe=recipe)
+            row = train_and_eval(model, f"spine_{model}", FP32, args.out, minutes, args.smoke, recipe, args.core)
         rows.append(row)
-        write_results("spine_table", "The reference plan's comparison on AASCE", [*kept, *rows], TABLE, results, notes)
+        write_results(args.name, "The reference plan's comparison on AASCE", [*kept, *rows], TABLE, results, notes)
     # every model's SDR curve on one plot, from the errors of its eval's predictions.csv
     from hrexp.reports.eval_plots import sdr_curve
 

@@ -80,11 +80,11 @@ def record_row(name: str, overrides: Sequence[str], record: dict) -> dict:
 
 
 def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,
-                   recipe: Sequence[str] = CPU) -> dict:
+                   recipe: Sequence[str] = CPU, core: int | None = None) -> dict:
     """Train (:func:`train`), evaluate its best checkpoint on the test split (:func:`evaluate`); the row: the run
-    record's facts (:func:`record_row`) and the report's overall errors."""
-    row = record_row(name, overrides, train(name, experiment, overrides, out, minutes, smoke, recipe))
-    facts = evaluate(name, [row["checkpoint"]], out)
+    record's facts (:func:`record_row`) and the report's overall errors. ``core``: see :func:`run`."""
+    row = record_row(name, overrides, train(name, experiment, overrides, out, minutes, smoke, recipe, core=core))
+    facts = evaluate(name, [row["checkpoint"]], out, core=core)
     # a refined run: its overall errors are the gated points'; each stage's alone beside them
     return {**row, **facts["overall"], "coarse_mre": (facts.get("coarse") or {}).get("mre"),
             "refined_mre": (facts.get("refined") or {}).get("mre"), "cobb_smape": (facts.get("cobb") or {}).get("smape"),
@@ -92,11 +92,11 @@ def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Pa
 
 
 def train_refiner(name: str, experiment: str, overrides: Sequence[str], stage1: dict, out: Path, minutes: float | None,
-                  smoke: bool, recipe: Sequence[str] = CPU) -> dict:
+                  smoke: bool, recipe: Sequence[str] = CPU, core: int | None = None) -> dict:
     """The second of two runs: ``experiment`` + ``overrides`` trains only the refiner on the frozen best
     checkpoint of ``stage1`` (a ``train_and_eval`` row); the row's training time is both runs'."""
     row = train_and_eval(name, experiment, [*overrides, f"task.refine.stage1_ckpt={stage1['checkpoint']}"], out, minutes,
-                         smoke, recipe)
+                         smoke, recipe, core)
     row["train_min"] += stage1["train_min"]
     row["stage1_steps"], row["stage1_epochs"] = stage1.get("steps"), stage1.get("epochs")
     return row

@@ -122,3 +122,38 @@ def test_predict_writes_each_points_region_from_the_calibration_file_and_flags(m
     assert "region_major" not in read_csv(tmp_path / "out3" / "predictions.csv")[0]
     with pytest.raises(ConfigError, match="no such file"):
         run_predict(ckpt, images, tmp_path / "out4", f"conformal.calibration={tmp_path / 'none.json'}")
+
+
+def test_the_uncertainty_table_script_still_starts(model, tmp_path):
+    """scripts/uncertainty_table.py --smoke on the tiny checkpoint: val-to-test conformal rows checked against
+    eval.py's own coverage, leave-one-image-out rows, and predict.py's flags on an X-ray and a grey photo."""
+    import shutil
+    import sys
+
+    from tests.helpers import ROOT
+
+    ckpt, datamodule, _ = model
+    copy = tmp_path / "model.ckpt"  # the script writes a calibration beside the checkpoint: not the fixture's
+    shutil.copy(ckpt, copy)
+    source = datamodule.splits["val"].records[0].image_path
+    photo = write_image(tmp_path / "photos" / "photo.png", np.full((128, 64, 3), 200, np.uint8))
+    sys.path.insert(0, str(ROOT / "scripts"))
+    try:
+        import uncertainty_table
+    finally:
+        sys.path.remove(str(ROOT / "scripts"))
+    out = tmp_path / "out"
+    assert uncertainty_table.main(["--smoke", "--aasce", str(copy), "--ceph", str(copy), "--photos", str(photo),
+                                   "--xray-root", str(source.parent), "--out", str(out)]) == 0
+    record = json.loads((out / "uncertainty.json").read_text())
+    assert "SMOKE RUN" in (out / "uncertainty.table.md").read_text()
+    rows = {(r["data"], r["kind"], r["thresholds"], r["shape"], r["level"]): r for r in record["rows"]}
+    eval_summary = json.loads((out / "aasce_test" / "summary.json").read_text())
+    theirs = {(r["shape"], r["level"]): r["coverage"] for r in eval_summary["conformal"]["regions"]
+              if r["kind"] == "conformal"}
+    assert rows["AASCE test", "conformal", "per landmark", "radius", 0.9]["coverage"] == theirs["radius", 0.9]
+    assert rows["AASCE test", "conformal", "per landmark", "radius", 0.9]["points"] == 8 * 40
+    assert ("ceph val", "uncalibrated", "", "heatmap", 0.95) in rows
+    flags = {r["image"]: r for r in record["tables"]["Flags on X-rays and photos (predict.py, 95 % heatmap regions, "
+                                                     "review beyond 50 px)"]["rows"]}
+    assert flags["photo.png"]["kind"] == "photo" and flags[source.name]["kind"] == "X-ray (validation)"

@@ -91,6 +91,15 @@ def prediction_rows(samples: Sequence[Mapping[str, Any]], names: Sequence[str], 
             for key in ("scores", "spread", "member_spread"):
                 if key in sample:
                     row[key] = float(sample[key][k])
+            # the point's own 2x2 covariance (original px^2): the heatmap peak's, the ensemble members'; with the
+            # errors they give any region's score again (scripts/uncertainty_table.py re-calibrates from them)
+            for key, prefix in (("covariance", "cov"), ("member_covariance", "member_cov")):
+                if key in sample:
+                    cov = np.asarray(sample[key][k], np.float64)
+                    row.update({f"{prefix}_xx": float(cov[0, 0]), f"{prefix}_xy": float(cov[0, 1]),
+                                f"{prefix}_yy": float(cov[1, 1])})
+            if sample.get("spacing") is not None:
+                row["spacing_mm"] = number(float(np.asarray(sample["spacing"], np.float64).reshape(-1)[0]))
             if coarse_error is not None:  # coarse-to-fine: stage 1's point, to see what stage 2 changed
                 coarse = sample["keypoints_coarse"][k]
                 row.update(x_coarse=float(coarse[0]), y_coarse=float(coarse[1]),
