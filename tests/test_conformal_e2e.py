@@ -157,3 +157,66 @@ def test_the_uncertainty_table_script_still_starts(model, tmp_path):
     flags = {r["image"]: r for r in record["tables"]["Flags on X-rays and photos (predict.py, 95 % heatmap regions, "
                                                      "review beyond 50 px)"]["rows"]}
     assert flags["photo.png"]["kind"] == "photo" and flags[source.name]["kind"] == "X-ray (validation)"
+
+
+def test_export_draws_each_points_calibrated_ellipse_in_the_graph(model, tmp_path):
+    """export.py with a calibration beside the checkpoint and decode=true: the graph outputs each point's ellipse,
+    whose ends lie at the calibrated Mahalanobis length of the codec's own covariance (regions.scores, not the
+    ellipse code); without decode, or for a refined checkpoint's stage 1, the calibration is refused when named
+    and skipped (and said) when found beside the checkpoint."""
+    import shutil
+
+    import onnxruntime as ort
+    import torch
+
+    from hrexp.export.onnx_export import REGIONS
+    from hrexp.jobs.export_run import export, export_regions
+
+    ckpt, datamodule, module = model
+    copy = tmp_path / "model.ckpt"
+    shutil.copy(ckpt, copy)
+    run_eval(copy, tmp_path / "eval", "conformal.calibrate=val", "report.enabled=false")
+    file = calibration_path(copy)
+    thresholds = Calibration.load(file).threshold("heatmap", 0.9)
+    # 9 val images promise 90 % where each landmark's scores are all finite (a flat map has no ellipse, no score)
+    assert np.isfinite(thresholds).mean() > 0.5
+    summary = export(compose_for([f"ckpt_path={copy}", "decode=true", "conformal.level=0.9", "batch=fixed",
+                                  "batch_size=2"], tmp_path / "export", "export"))
+    assert summary["outputs"] == ["maps", "keypoints", "scores", *REGIONS]
+    np.testing.assert_allclose([np.inf if t is None else t for t in summary["regions"]["thresholds"]], thresholds,
+                               rtol=1e-6)
+    assert summary["check"]["max_region_difference"] <= 1e-3
+    images = torch.stack([datamodule.datasets["val"][i]["image"] for i in range(2)])
+    session = ort.InferenceSession(summary["file"], providers=["CPUExecutionProvider"])
+    got = dict(zip([o.name for o in session.get_outputs()], session.run(None, {"images": images.numpy()})))
+    with torch.no_grad():
+        outputs = module(images)
+        covariance = module.task.codec.point_covariance(outputs, stride=module.task.stride).double().numpy()
+    angle = np.radians(got["region_angle"].astype(np.float64))
+    direction = np.stack([np.cos(angle), np.sin(angle)], -1)
+    across = np.stack([-np.sin(angle), np.cos(angle)], -1)
+    drawn = np.isfinite(got["region_major"])
+    assert drawn.mean() > 0.4
+    # an infinite threshold draws the whole plane wherever the peak has a covariance, NaN where it has none
+    determinant = covariance[..., 0, 0] * covariance[..., 1, 1] - covariance[..., 0, 1] ** 2
+    whole = ~np.isfinite(thresholds)[None] & (determinant > 1e-9)
+    assert np.isinf(got["region_major"][whole]).all() and np.isnan(got["region_major"][determinant <= 0]).all()
+    for axis, unit in (("region_major", direction), ("region_minor", across)):
+        ends = got[axis].astype(np.float64)[..., None] * unit
+        lengths = scores(ends, covariance)
+        np.testing.assert_allclose(lengths[drawn], np.broadcast_to(thresholds, drawn.shape)[drawn], rtol=2e-3)
+    # decode=false: a calibration named is refused, one found beside the checkpoint is skipped and said
+    with pytest.raises(ConfigError, match="decode=true"):
+        export(compose_for([f"ckpt_path={copy}", f"conformal.calibration={file}"], tmp_path / "named", "export"))
+    cfg = compose_for([f"ckpt_path={copy}"], tmp_path / "auto", "export")
+    thresholds_used, record = export_regions(cfg, module, refined=False)
+    assert thresholds_used is None and "decode=true" in record["skipped"]
+    # a refined checkpoint's calibration is of its two stages' points: not for the stage 1 the file holds
+    cfg = compose_for([f"ckpt_path={copy}", "decode=true", "coarse_only=true"], tmp_path / "refined", "export")
+    assert "stage 1 alone" in export_regions(cfg, module, refined=True)[1]["skipped"]
+    # the radius shape: the radii (original px) in the record, nothing in the graph
+    cfg = compose_for([f"ckpt_path={copy}", "conformal.shape=radius", "conformal.level=0.9"], tmp_path / "r", "export")
+    thresholds_used, record = export_regions(cfg, module, refined=False)
+    assert thresholds_used is None and record["outputs"] == []
+    np.testing.assert_allclose([np.inf if t is None else t for t in record["thresholds"]],
+                               Calibration.load(file).threshold("radius", 0.9), rtol=1e-6)

@@ -89,22 +89,37 @@ def ellipses(thresholds: np.ndarray, covariances: np.ndarray | None = None) -> d
     """The regions' geometry for thresholds ``[...]`` (broadcast against ``covariances [..., 2, 2]``; None: discs
     of radius ``threshold``): semi-axes ``major >= minor``, the major axis's ``angle`` in degrees from the x axis
     (towards +y, image rows down), and ``area`` (pi * major * minor); NaN where a covariance is not positive
-    definite, infinite where a threshold is."""
+    definite, infinite where a threshold is. Computed by :func:`ellipse_axes` (the exported graph's too)."""
     q = np.asarray(thresholds, np.float64)
     if covariances is None:
         return {"major": q, "minor": q, "angle": np.zeros_like(q), "area": math.pi * q * q}
-    cov = np.asarray(covariances, np.float64)
-    a, b, c = cov[..., 0, 0], cov[..., 0, 1], cov[..., 1, 1]
-    half_trace, root = (a + c) / 2, np.sqrt(((a - c) / 2) ** 2 + b * b)
-    big, small = half_trace + root, np.maximum(half_trace - root, 0.0)
-    angle = np.degrees(0.5 * np.arctan2(2 * b, a - c))
-    with np.errstate(invalid="ignore"):  # an infinite threshold (too few calibration images) is the whole plane
-        major = np.where(np.isinf(q), np.inf, q * np.sqrt(big))
-        minor = np.where(np.isinf(q), np.inf, q * np.sqrt(small))
+    import torch
+
+    cov = torch.from_numpy(np.ascontiguousarray(covariances, np.float64))
+    major, minor, angle = (t.numpy() for t in ellipse_axes(torch.from_numpy(q), cov))
+    return {"major": major, "minor": minor, "angle": angle, "area": math.pi * major * minor}
+
+
+def ellipse_axes(thresholds, covariances):
+    """Torch tensors ``(major, minor, angle)`` of the ellipses ``{e: sqrt(e^T S^-1 e) <= q}``: thresholds ``q``
+    broadcast against covariances ``S [..., 2, 2]``; the angle in degrees. Plain tensor code, so that the ONNX
+    export traces it (closed-form 2x2 eigenvalues; ``atan2`` exports)."""
+    import torch
+
+    a, b, c = covariances[..., 0, 0], covariances[..., 0, 1], covariances[..., 1, 1]
+    half_trace, root = (a + c) / 2, torch.sqrt(((a - c) / 2) ** 2 + b * b)
+    big, small = half_trace + root, (half_trace - root).clamp(min=0.0)
+    angle = torch.rad2deg(0.5 * torch.atan2(2 * b, a - c))
+    q = torch.as_tensor(thresholds, dtype=covariances.dtype)
+    infinite = torch.isinf(q)  # too few calibration images for the level: the whole plane
+    finite_q = torch.where(infinite, torch.zeros_like(q), q)
+    major = torch.where(infinite, q, finite_q * torch.sqrt(big))
+    minor = torch.where(infinite, q, finite_q * torch.sqrt(small))
     # a covariance that is not positive definite (a flat map) has no region: NaN, as its score
-    defined = np.isfinite(a * c - b * b) & (a * c - b * b > 0)
-    major, minor = np.where(defined, major, np.nan), np.where(defined, minor, np.nan)
-    return {"major": major, "minor": minor, "angle": np.where(defined, angle, np.nan), "area": math.pi * major * minor}
+    det = a * c - b * b
+    defined = torch.isfinite(det) & (det > 0)
+    nan = torch.full_like(det, math.nan)
+    return torch.where(defined, major, nan), torch.where(defined, minor, nan), torch.where(defined, angle, nan)
 
 
 def contains(points: np.ndarray, centres: np.ndarray, thresholds: np.ndarray,

@@ -221,6 +221,11 @@ class Task(nn.Module):
         """The exported graph's output tensors from the network's outputs, in :meth:`export_output_names`' order."""
         return (outputs,)
 
+    def export_covariance(self, outputs: Any) -> torch.Tensor | None:
+        """Each decoded point's own covariance ``[B, K, 2, 2]`` in input px^2, from which an exported graph draws
+        its calibrated ellipses (:mod:`hrexp.conformal`); None: the task measures none."""
+        return None
+
     def tied_points(self, outputs: Any, tolerance: float) -> torch.Tensor | None:
         """``[B, K]`` True for a decoded point that outputs equal up to ``tolerance`` may put anywhere (an arg-max
         tie); the export check compares the others. None: no decoded points, or no ties."""

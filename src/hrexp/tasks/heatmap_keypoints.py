@@ -178,6 +178,10 @@ class HeatmapKeypointTask(Task):
             return raw
         return (*raw, *self.codec.decode(outputs, stride=self.stride))
 
+    def export_covariance(self, outputs: Outputs) -> torch.Tensor | None:
+        """The codec's covariance of each peak (input px^2; None for a codec without one), as :meth:`predict`."""
+        return self.codec.point_covariance(outputs, stride=self.stride)
+
     def tied_points(self, outputs: Outputs, tolerance: float) -> torch.Tensor | None:
         """The keypoints whose decoding is a tie at ``tolerance`` (the codec's ``tied_points``)."""
         return self.codec.tied_points(outputs, tolerance)
