@@ -315,8 +315,8 @@ def main(argv: list[str] | None = None) -> int:
         n = points["errors"].shape[0]
         notes += [f"{name} ({', '.join(checkpoints)}): leave one image out over the {n} validation images, areas "
                   f"in {part[0]['area_unit']}. Per landmark, each image's thresholds come from the other {n - 1} "
-                  f"scores: the {LEVELS[0]:g} and {LEVELS[-1]:g} thresholds are their "
-                  f"{math.ceil(n * LEVELS[0])}th and {math.ceil(n * LEVELS[-1])}th, so the coverage is "
+                  f"scores: the {LEVELS[0]:g} and {LEVELS[-1]:g} thresholds are the "
+                  f"{math.ceil(n * LEVELS[0])}-th and {math.ceil(n * LEVELS[-1])}-th smallest, so the coverage is "
                   f"{math.ceil(n * LEVELS[0])}/{n} and {math.ceil(n * LEVELS[-1])}/{n} for every landmark by rank "
                   f"alone (no ties): not evidence. The pooled rows ({(n - 1) * len(points['landmarks'])} scores per "
                   "threshold) are the test", *goals(part, f"{name} val")]
