@@ -208,6 +208,19 @@ def goals(rows: Sequence[dict], data: str) -> list[str]:
     return notes
 
 
+def run_facts(checkpoint: str) -> str:
+    """``checkpoint``'s training run in a few words (steps, epochs, minutes, best val MRE) from the run record
+    beside its checkpoints folder; empty when there is none."""
+    record = Path(checkpoint).resolve().parent.parent / "results.json"
+    if not record.is_file():
+        return ""
+    facts = json.loads(record.read_text())
+    best = ((facts.get("best") or {}).get("val/mre") or {}).get("value")
+    minutes = float(facts.get("train_time_s") or 0.0) / 60
+    return (f"{facts.get('trained_steps')} steps, {facts.get('trained_epochs')} epochs, {minutes:.1f} min"
+            + (f", best val MRE {best:.4g} px" if best is not None else ""))
+
+
 def evaluate_split(name: str, checkpoints: Sequence[str], split: str, out: Path, extra: Sequence[str] = (),
                    core: int | None = None) -> Path:
     """``eval.py`` of ``checkpoints`` (several: their mean) on ``split`` into ``<out>/<name>``; its folder."""
@@ -299,7 +312,7 @@ def main(argv: list[str] | None = None) -> int:
         check_against_eval(part, json.loads((folder / "summary.json").read_text()), folder)
         rows += part
         landmark_rows += per
-        notes += [f"AASCE ({args.aasce[0]}): calibrated on the val split ({val['errors'].shape[0]} images), scored on "
+        notes += [f"AASCE ({args.aasce[0]}; {run_facts(args.aasce[0]) or 'no run record'}): calibrated on the val split ({val['errors'].shape[0]} images), scored on "
                   f"the test split ({test['errors'].shape[0]} images), areas in {part[0]['area_unit']}",
                   *goals(part, "AASCE test")]
     ceph_points = None
@@ -313,7 +326,7 @@ def main(argv: list[str] | None = None) -> int:
         rows += part
         landmark_rows += per
         n = points["errors"].shape[0]
-        notes += [f"{name} ({', '.join(checkpoints)}): leave one image out over the {n} validation images, areas "
+        notes += [f"{name} ({'; '.join(f'{c}: {run_facts(c) or chr(45)}' for c in checkpoints)}): leave one image out over the {n} validation images, areas "
                   f"in {part[0]['area_unit']}. Per landmark, each image's thresholds come from the other {n - 1} "
                   f"scores: the {LEVELS[0]:g} and {LEVELS[-1]:g} thresholds are the "
                   f"{math.ceil(n * LEVELS[0])}-th and {math.ceil(n * LEVELS[-1])}-th smallest, so the coverage is "
