@@ -104,45 +104,48 @@ def shapes_of(points: dict[str, Any]) -> list[str]:
     return [s for s, key in SHAPE_KEYS.items() if key is None or points.get(key) is not None]
 
 
-def region_points(calibration: dict[str, Any], test: dict[str, Any], shape: str, level: float, kind: str,
-                  per_landmark: bool) -> tuple[np.ndarray, np.ndarray]:
-    """``(inside, area)``, each ``[N, K]``, of the test points' regions: calibrated on ``calibration``'s points
-    (kind ``conformal``) or the Gaussian ellipse (``uncalibrated``); areas in mm^2 where the test spacing is
-    known, px^2 otherwise."""
+def point_scores(points: dict[str, Any], shape: str) -> np.ndarray:
+    """``[N, K]`` the points' nonconformity scores for ``shape`` (:func:`hrexp.conformal.regions.scores`)."""
     key = SHAPE_KEYS[shape]
-    cov = None if key is None else test[key]
-    s = scores(test["errors"], cov)
+    return scores(points["errors"], None if key is None else points[key])
+
+
+def threshold_of(calibration_scores: np.ndarray | None, k: int, level: float, kind: str,
+                 per_landmark: bool) -> np.ndarray:
+    """``[K]`` thresholds: split-conformal from ``calibration_scores`` (kind ``conformal``), or the Gaussian
+    ellipse's (``uncalibrated``, which needs no calibration)."""
     if kind == "conformal":
-        cal_cov = None if key is None else calibration[key]
-        threshold = calibrate(scores(calibration["errors"], cal_cov), [level], per_landmark)[0]
-    else:
-        threshold = np.full(s.shape[1], gaussian_threshold(level))
-    area = np.broadcast_to(ellipses(threshold, cov)["area"], s.shape).copy()
+        return calibrate(calibration_scores, [level], per_landmark)[0]
+    return np.full(k, gaussian_threshold(level))
+
+
+def regions_of(test: dict[str, Any], shape: str, s: np.ndarray, thresholds: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, area)``, each ``[N, K]``, of the test points (scores ``s``) with ``thresholds`` ``[N or 1, K]``;
+    areas in mm^2 where the test spacing is known, px^2 otherwise; NaN where a point has no score."""
+    key = SHAPE_KEYS[shape]
+    area = np.broadcast_to(ellipses(thresholds, None if key is None else test[key])["area"], s.shape).copy()
     if test["spacing"] is not None:
         area = area * test["spacing"][:, None] ** 2
-    inside = np.where(np.isfinite(s), s <= threshold[None], np.nan)
+    inside = np.where(np.isfinite(s), s <= thresholds, np.nan)
     return inside, np.where(np.isfinite(s), area, np.nan)
 
 
-def subset(points: dict[str, Any], keep: np.ndarray) -> dict[str, Any]:
-    """The points of the images ``keep`` (a boolean mask or indices over images)."""
-    out = dict(points)
-    for key in ("errors", "covariance", "member_covariance", "scores", "spacing"):
-        if points.get(key) is not None:
-            out[key] = points[key][keep]
-    return out
+def region_points(calibration: dict[str, Any], test: dict[str, Any], shape: str, level: float, kind: str,
+                  per_landmark: bool) -> tuple[np.ndarray, np.ndarray]:
+    """``(inside, area)`` of the test points' regions, calibrated on ``calibration``'s points (kind
+    ``conformal``) or the Gaussian ellipse (``uncalibrated``)."""
+    s = point_scores(test, shape)
+    calibration_scores = point_scores(calibration, shape) if kind == "conformal" else None
+    return regions_of(test, shape, s, threshold_of(calibration_scores, s.shape[1], level, kind, per_landmark)[None])
 
 
 def leave_one_out(points: dict[str, Any], shape: str, level: float, kind: str,
                   per_landmark: bool) -> tuple[np.ndarray, np.ndarray]:
-    """Each image's regions calibrated on all the others: ``(inside, area)`` ``[N, K]``."""
-    n = points["errors"].shape[0]
-    inside, area = np.full(points["errors"].shape[:2], np.nan), np.full(points["errors"].shape[:2], np.nan)
-    for i in range(n):
-        others = np.arange(n) != i
-        one, size = region_points(subset(points, others), subset(points, [i]), shape, level, kind, per_landmark)
-        inside[i], area[i] = one[0], size[0]
-    return inside, area
+    """Each image's regions calibrated on all the others' scores (computed once): ``(inside, area)`` ``[N, K]``."""
+    s = point_scores(points, shape)
+    thresholds = np.stack([threshold_of(np.delete(s, i, axis=0), s.shape[1], level, kind, per_landmark)
+                           for i in range(s.shape[0])])
+    return regions_of(points, shape, s, thresholds)
 
 
 def measure(data: str, method: str, calibration: dict[str, Any] | None, test: dict[str, Any]) -> tuple[list, list]:

@@ -263,16 +263,15 @@ def landmark_report(task: Any, samples: Sequence[Mapping[str, Any]], ctx: Report
     image_error = np.array([np.nan if r["mre"] is None else r["mre"] for r in image_rows])
     decorate = None
     if ctx.calibration is not None:  # conformal prediction regions (hrexp.evaluation.regions), drawn in the gallery
-        from hrexp.evaluation.regions import region_decorator, region_section, region_shape
+        from hrexp.evaluation.regions import region_decorator, region_section, region_shape, spacing_of
 
         levels = ctx.calibration_levels or ctx.calibration.levels
         shape = region_shape(ctx.calibration, samples)
         decorate = region_decorator(ctx.calibration, shape, max(levels), samples)
     sections.append(gallery_section(task, samples, image_error, ctx, unit="px", decorate=decorate))
     if ctx.calibration is not None:
-        spacing = np.array([s.get("spacing", np.nan) for s in samples], np.float64).reshape(-1)
-        sections.append(region_section(samples, ctx.calibration, levels, names, ctx.out_dir,
-                                       spacing if np.isfinite(spacing).all() else None, ctx.facts,
+        sections.append(region_section(samples, ctx.calibration, levels, names, ctx.out_dir, spacing_of(samples),
+                                       ctx.facts,
                                        [ctx.image_name(s["index"]) for s in samples]))
     for section in (confidence_section(samples, error, ctx, unit="px"),
                     cobb_section(samples, ctx) if is_spine_layout(names) else None,

@@ -19,6 +19,15 @@ from hrexp.reports.html_report import Figure, Section, TableBlock
 RELIABILITY_LEVELS = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.99)
 
 
+def spacing_of(samples: Sequence[Mapping[str, Any]]) -> np.ndarray | None:
+    """``[N]`` mm per px of each sample where every sample has a finite one, else None (areas in px^2)."""
+    values = [s.get("spacing") for s in samples]
+    if not values or any(v is None for v in values):
+        return None
+    spacing = np.asarray(values, np.float64).reshape(len(values))
+    return spacing if np.isfinite(spacing).all() else None
+
+
 def assess(samples: Sequence[Mapping[str, Any]], calibration: Calibration | None, levels: Sequence[float],
            spacing: np.ndarray | None = None) -> list[dict[str, Any]]:
     """Regions measured on ``samples`` (not those they were calibrated on): per shape, level and kind

@@ -25,7 +25,7 @@ from hrexp.conformal.calibration import Calibration, calibration_path, fit
 from hrexp.conformal.regions import SHAPES
 from hrexp.errors import ConfigError
 from hrexp.evaluation.context import ReportContext, ReportOptions
-from hrexp.evaluation.regions import RELIABILITY_LEVELS, assess
+from hrexp.evaluation.regions import RELIABILITY_LEVELS, assess, spacing_of
 from hrexp.evaluation.tables import write_table_csv
 from hrexp.jobs.eval_data import EvalData, command_data_keys, eval_data, show
 from hrexp.jobs.train_run import seed_run
@@ -304,17 +304,6 @@ def check_conformal_task(task: Any, samples: Sequence[Mapping[str, Any]]) -> Non
     if not hasattr(task, "keypoint_names") or (samples and "keypoints_orig" not in samples[0]):
         raise ConfigError(f"conformal.calibrate: prediction regions are for landmark tasks; this checkpoint's task is "
                           f"{getattr(task, 'task_name', type(task).__name__)!r}")
-
-
-def spacing_of(samples: Sequence[Mapping[str, Any]]) -> Any:
-    """``[N]`` mm per px of each sample where every sample has a finite one, else None (areas in px^2)."""
-    import numpy as np
-
-    values = [s.get("spacing") for s in samples]
-    if not values or any(v is None for v in values):
-        return None
-    spacing = np.asarray(values, np.float64).reshape(len(values))
-    return spacing if np.isfinite(spacing).all() else None
 
 
 def input_size(datamodule: Any) -> list[int] | None:

@@ -116,11 +116,12 @@ def export_regions(cfg: DictConfig, module: torch.nn.Module, refined: bool) -> t
     """
     conformal = cfg.get("conformal")
     value = OmegaConf.to_container(conformal) if OmegaConf.is_config(conformal) else conformal
+    source = (value or {}).get("calibration", "auto")
     regions = point_regions(value, Path(cfg.ckpt_path))
     if regions is None:
-        return None, {"skipped": None if (value or {}).get("calibration", "auto") is None else
+        return None, {"skipped": None if source is None else
                       "no calibration file beside the checkpoint (eval.py conformal.calibrate=val writes one)"}
-    named = (value or {}).get("calibration", "auto") != "auto"
+    named = source != "auto"
 
     def refuse(reason: str) -> tuple[Any, dict[str, Any]]:
         if named:
@@ -130,9 +131,9 @@ def export_regions(cfg: DictConfig, module: torch.nn.Module, refined: bool) -> t
     if refined:
         return refuse("calibrated on a coarse-to-fine checkpoint's final points, while the file holds stage 1 alone")
     names = list(getattr(module.task, "keypoint_names", []) or [])
-    if list(regions.calibration.keypoint_names) != names:
-        return refuse(f"calibrated for other landmarks ({len(regions.calibration.keypoint_names)}) than this "
-                      f"checkpoint's ({len(names)})")
+    mismatch = regions.landmark_mismatch(names)
+    if mismatch:
+        return refuse(mismatch)
     thresholds = regions.calibration.threshold(regions.shape, regions.level)
     record = {"calibration": str(regions.file.resolve()), "shape": regions.shape, "level": regions.level,
               "landmarks": names, "thresholds": [None if math.isinf(t) else float(t) for t in thresholds]}

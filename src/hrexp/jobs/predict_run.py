@@ -205,10 +205,9 @@ def predict(cfg: DictConfig) -> dict[str, Any]:
         if not hasattr(writer, "set_regions"):
             raise ConfigError(f"conformal: prediction regions are for keypoint tasks; this checkpoint's task is "
                               f"{module.task.task_name!r} (set conformal.calibration=null)")
-        if list(options.regions.calibration.keypoint_names) != list(module.task.keypoint_names):
-            raise ConfigError(f"conformal.calibration={options.regions.file}: calibrated for other landmarks "
-                              f"({len(options.regions.calibration.keypoint_names)}) than this checkpoint's "
-                              f"({len(module.task.keypoint_names)})")
+        mismatch = options.regions.landmark_mismatch(module.task.keypoint_names)
+        if mismatch:
+            raise ConfigError(f"conformal.calibration={options.regions.file}: {mismatch}")
         writer.set_regions(options.regions)
     outputs = Outputs(writer, options, names)
 

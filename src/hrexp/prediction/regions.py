@@ -29,6 +29,13 @@ class PointRegions:
     review_px: float | None = None
     spacing: float | None = None
 
+    def landmark_mismatch(self, names: Any) -> str | None:
+        """Why this calibration does not fit a checkpoint whose landmarks are ``names``; None where it fits."""
+        mine = list(self.calibration.keypoint_names)
+        if mine == list(names):
+            return None
+        return f"calibrated for other landmarks ({len(mine)}) than this checkpoint's ({len(list(names))})"
+
     def of(self, covariances: np.ndarray | None, count: int) -> dict[str, np.ndarray]:
         """``[N, K]`` semi-axes (px), angle (degrees), area (px^2) and review flags of N samples' regions
         (``covariances [N, K, 2, 2]``, original px^2; the radius shape needs none)."""
