@@ -214,6 +214,15 @@ def test_export_draws_each_points_calibrated_ellipse_in_the_graph(model, tmp_pat
     # a refined checkpoint's calibration is of its two stages' points: not for the stage 1 the file holds
     cfg = compose_for([f"ckpt_path={copy}", "decode=true", "coarse_only=true"], tmp_path / "refined", "export")
     assert "stage 1 alone" in export_regions(cfg, module, refined=True)[1]["skipped"]
+    # a checkpoint with other landmarks than the calibration's: refused when named, skipped when found
+    from types import SimpleNamespace
+
+    other = SimpleNamespace(task=SimpleNamespace(keypoint_names=["only_one"]))
+    cfg = compose_for([f"ckpt_path={copy}", "decode=true"], tmp_path / "other", "export")
+    assert "calibrated for other landmarks (40) than this checkpoint's (1)" in export_regions(cfg, other, False)[1]["skipped"]
+    cfg = compose_for([f"ckpt_path={copy}", "decode=true", f"conformal.calibration={file}"], tmp_path / "o2", "export")
+    with pytest.raises(ConfigError, match=r"calibrated for other landmarks \(40\) than this checkpoint's \(1\)"):
+        export_regions(cfg, other, False)
     # the radius shape: the radii (original px) in the record, nothing in the graph
     cfg = compose_for([f"ckpt_path={copy}", "conformal.shape=radius", "conformal.level=0.9"], tmp_path / "r", "export")
     thresholds_used, record = export_regions(cfg, module, refined=False)
