@@ -21,7 +21,7 @@ import json
 from pathlib import Path
 from statistics import mean
 
-from timed_runs import RESULTS, ROOT, evaluate, train, write_results
+from timed_runs import RESULTS, ROOT, evaluate, train, training_facts, write_results
 
 EXPERIMENT = "ceph_isbi2015"
 PRECISIONS = ("bf16-mixed", "32")
@@ -44,10 +44,11 @@ def run_one(precision: str, seed: int, epochs: int, out: Path, smoke: bool) -> d
     record = train(name, EXPERIMENT, [f"trainer.precision={precision}", f"trainer.max_epochs={epochs}", f"seed={seed}"],
                    out, None, smoke, CPU, SMOKE)
     checkpoint = record["checkpoints"]["checkpoint_best_metric"]["path"]
-    steps = record.get("trained_steps") or 0
-    row = {"train precision": precision, "seed": seed, "epochs": record.get("trained_epochs"), "steps": steps,
-           "train_min": float(record.get("train_time_s") or 0.0) / 60, "checkpoint": checkpoint,
-           "s_per_step": float(record.get("train_time_s") or 0.0) / steps if steps else None}
+    facts = training_facts(record)
+    steps = facts["steps"] or 0
+    row = {"train precision": precision, "seed": seed, "epochs": facts["epochs"], "steps": steps,
+           "train_min": facts["train_min"], "checkpoint": checkpoint,
+           "s_per_step": facts["train_min"] * 60 / steps if steps else None}
     for folder, label, overrides in INFERENCE:
         report = out / name / folder / "eval" / "report.json"
         if report.is_file() and not smoke:  # scored before: reused like the finished run

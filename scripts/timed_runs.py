@@ -69,14 +69,19 @@ def evaluate(name: str, checkpoints: Sequence[str], out: Path, extra: Sequence[s
     return json.loads((out / name / "eval" / "report.json").read_text())
 
 
+def training_facts(record: dict) -> dict:
+    """How long a run trained, from its run record: ``train_min``, ``steps``, ``epochs`` (None where unknown)."""
+    return {"train_min": float(record.get("train_time_s") or 0.0) / 60,
+            "steps": record.get("trained_steps"), "epochs": record.get("trained_epochs")}
+
+
 def record_row(name: str, overrides: Sequence[str], record: dict) -> dict:
     """A row's training facts from a run record: checkpoint, params, MACs, minutes, steps, epochs, best val MRE."""
     return {"variant": name, "overrides": " ".join(overrides),
             "checkpoint": record["checkpoints"]["checkpoint_best_metric"]["path"],
             "params_M": (record.get("params") or {}).get("total", 0) / 1e6, "macs_G": record.get("macs_g"),
-            "train_min": float(record.get("train_time_s") or 0.0) / 60,
-            "steps": record.get("trained_steps"), "epochs": record.get("trained_epochs"),
-            "precision": record.get("precision"), "best_val_mre": record["best"]["val/mre"]["value"]}
+            **training_facts(record), "precision": record.get("precision"),
+            "best_val_mre": record["best"]["val/mre"]["value"]}
 
 
 def train_and_eval(name: str, experiment: str, overrides: Sequence[str], out: Path, minutes: float | None, smoke: bool,

@@ -45,7 +45,7 @@ from typing import Any, Sequence
 import numpy as np
 
 from refinement_table import CPU, STAGE1
-from timed_runs import RESULTS, ROOT, record_row, run, train, write_results
+from timed_runs import RESULTS, ROOT, record_row, run, train, training_facts, write_results
 
 from hrexp.conformal.calibration import Calibration, calibration_path, fit
 from hrexp.conformal.regions import calibrate, ellipses, gaussian_threshold, scores
@@ -217,10 +217,10 @@ def run_facts(checkpoint: str) -> str:
     record = Path(checkpoint).resolve().parent.parent / "results.json"
     if not record.is_file():
         return ""
-    facts = json.loads(record.read_text())
-    best = ((facts.get("best") or {}).get("val/mre") or {}).get("value")
-    minutes = float(facts.get("train_time_s") or 0.0) / 60
-    return (f"{facts.get('trained_steps')} steps, {facts.get('trained_epochs')} epochs, {minutes:.1f} min"
+    record = json.loads(record.read_text())
+    facts = training_facts(record)
+    best = ((record.get("best") or {}).get("val/mre") or {}).get("value")
+    return (f"{facts['steps']} steps, {facts['epochs']} epochs, {facts['train_min']:.1f} min"
             + (f", best val MRE {best:.4g} px" if best is not None else ""))
 
 
@@ -329,7 +329,8 @@ def main(argv: list[str] | None = None) -> int:
         rows += part
         landmark_rows += per
         n = points["errors"].shape[0]
-        notes += [f"{name} ({'; '.join(f'{c}: {run_facts(c) or chr(45)}' for c in checkpoints)}): leave one image out over the {n} validation images, areas "
+        trained = "; ".join(f"{c}: {run_facts(c) or '-'}" for c in checkpoints)
+        notes += [f"{name} ({trained}): leave one image out over the {n} validation images, areas "
                   f"in {part[0]['area_unit']}. Per landmark, each image's thresholds come from the other {n - 1} "
                   f"scores: the {LEVELS[0]:g} and {LEVELS[-1]:g} thresholds are the "
                   f"{math.ceil(n * LEVELS[0])}-th and {math.ceil(n * LEVELS[-1])}-th smallest, so the coverage is "
